@@ -1,0 +1,1 @@
+"""The generative loop engine: loop families, generative models, pools with provenance."""

@@ -1,0 +1,174 @@
+"""The generative loop engine: one generation after another, each trained from scratch.
+
+One generation t (DESIGN.md):
+    pool_t  = family.compose(t, real, history)     real and synthetic, with provenance
+    model_t = new model, fit(pool_t.x)              trained from scratch
+    S_t     = model_t.sample(n_s, bias=λ)
+    row_t   = pool composition + fit stats + evaluators(S_t)
+    history.append(S_t); checkpoint g<t> atomically; hooks(t, S_t, row_t)
+
+The engine knows nothing of data files, configs or run directories: it gets real data as tensors
+and callables, and writes only to its :class:`~loops.checkpoint.Checkpoints`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional, Protocol
+
+import torch
+
+from loops.checkpoint import Checkpoints
+from loops.errors import LoopError, check_bias
+from loops.families import LoopFamily
+from loops.models.base import GenerativeModel, ProgressFn
+from loops.pool import Pool
+from loops.seeding import generator
+
+Row = dict[str, Any]
+#: ``evaluator(t, samples, model) -> dict`` adds metric columns to generation t's row.
+Evaluator = Callable[[int, torch.Tensor, GenerativeModel], dict[str, Any]]
+#: ``hook(t, samples, rows)`` runs after generation t is checkpointed; ``rows`` holds the rows of
+#: generations 1..t (sample grids, results.csv).
+Hook = Callable[[int, torch.Tensor, list[Row]], None]
+
+
+class RealSource(Protocol):
+    """What the engine needs of a data source (see ``madmark.data.base.DataSource``)."""
+
+    def draw_real(self, n: int, generator: torch.Generator) -> torch.Tensor: ...
+
+
+@dataclass
+class LoopSettings:
+    """Sizes and bias of a loop.
+
+    Attributes:
+        generations: number of generations T ≥ 1.
+        n_real: real samples per pool (generation 1, the fixed set, or each fresh draw).
+        n_synthetic: samples drawn from each generation's model (n_s).
+        bias: sampling bias λ ∈ (0, 1], 1 = unbiased.
+        seed: run seed; every random stream derives from it and the generation.
+    """
+
+    generations: int
+    n_real: int
+    n_synthetic: int
+    bias: float = 1.0
+    seed: int = 0
+
+    def validate(self, family: LoopFamily) -> None:
+        check_bias(self.bias)
+        if self.generations < 1:
+            raise LoopError(f"loop.generations={self.generations} must be at least 1",
+                            "set loop.generations to 1 or more")
+        if self.n_real < 2:
+            raise LoopError(f"loop.n_real={self.n_real} leaves too few real samples to fit a model",
+                            "set loop.n_real to 2 or more")
+        if self.n_synthetic < 0:
+            raise LoopError(f"loop.n_synthetic={self.n_synthetic} is negative",
+                            "set loop.n_synthetic to a positive count")
+        needs_synthetic = self.generations > 1 and family.family != "fresh_data"
+        if self.n_synthetic == 0 and needs_synthetic:
+            raise LoopError(f"loop.n_synthetic=0 but the {family.family} loop trains on synthetic "
+                            "samples from generation 2 on",
+                            "set loop.n_synthetic to a positive count (or use loop=fresh_data)")
+
+
+@dataclass
+class LoopEngine:
+    """Runs (or resumes) a self-consuming loop.
+
+    Args:
+        source: gives real samples; its ``draw_real(n, generator)`` supplies the fixed real set
+            (generation 0 stream) and each fresh draw (generation t stream).
+        make_model: builds a new, untrained model (called once per generation).
+        family: the loop family and history mode.
+        settings: sizes, bias and seed.
+        checkpoints: where finished generations are stored; existing ones are resumed from.
+        device: where pools, models and samples live.
+        evaluators: add metric columns to each row, computed on the unmarked samples S_t.
+        hooks: run after each generation is checkpointed.
+        progress: ``progress(t) -> ProgressFn`` builds a fit progress callback for generation t.
+    """
+
+    source: RealSource
+    make_model: Callable[[], GenerativeModel]
+    family: LoopFamily
+    settings: LoopSettings
+    checkpoints: Checkpoints
+    device: torch.device = torch.device("cpu")
+    evaluators: list[Evaluator] = field(default_factory=list)
+    hooks: list[Hook] = field(default_factory=list)
+    progress: Optional[Callable[[int], Optional[ProgressFn]]] = None
+
+    def __post_init__(self):
+        self.settings.validate(self.family)
+        self._fixed_real: Optional[Pool] = None
+
+    # -- real data ---------------------------------------------------------------------------
+    def _draw_real(self, t: int) -> Pool:
+        g = generator(self.settings.seed, t, "real")
+        x = self.source.draw_real(self.settings.n_real, g)
+        return Pool.real(x.to(self.device))
+
+    def fixed_real(self) -> Pool:
+        """The real set of generation 1 (and of every generation of synthetic augmentation)."""
+        if self._fixed_real is None:
+            self._fixed_real = self._draw_real(0)
+        return self._fixed_real
+
+    # -- the loop ----------------------------------------------------------------------------
+    def resume_state(self) -> tuple[list[Pool], list[Row]]:
+        """Synthetic history and rows of the generations already finished on disk."""
+        history, rows = [], []
+        for t in self.checkpoints.finished():
+            record = self.checkpoints.load(t, map_location=self.device)
+            synthetic = Pool(record["samples"], record["origin"], record["marked"])
+            history.append(synthetic.subset(self._pooled(len(synthetic))))
+            rows.append(record["row"])
+        return history, rows
+
+    def run(self) -> list[Row]:
+        """Run generations after the last finished one; returns the rows of all generations."""
+        history, rows = self.resume_state()
+        for t in range(len(rows) + 1, self.settings.generations + 1):
+            samples, row = self.generation(t, history)
+            history.append(Pool.synthetic(samples, t).subset(self._pooled(len(samples))))
+            rows.append(row)
+            for hook in self.hooks:
+                hook(t, samples, rows)
+        return rows
+
+    def _pooled(self, n: int) -> torch.Tensor:
+        """Mask of the samples of S_t that enter later pools: the first n_synthetic (all of them,
+        unless n_synthetic = 0 in a fresh-data loop, where S_t is drawn only to be evaluated)."""
+        keep = torch.zeros(n, dtype=torch.bool, device=self.device)
+        keep[:self.settings.n_synthetic] = True
+        return keep
+
+    def generation(self, t: int, history: list[Pool]) -> tuple[torch.Tensor, Row]:
+        """Compose, fit, sample, evaluate and checkpoint generation ``t``."""
+        s = self.settings
+        pool = self.family.compose(t, self.fixed_real(), self._draw_real, history)
+        row: Row = {"generation": t, "family": self.family.family, "history": self.family.history,
+                    "bias": s.bias, **pool.composition()}
+        model = self.make_model()
+        progress = self.progress(t) if self.progress else None
+        fit_stats = model.fit(pool.x, generator(s.seed, t, "fit", self.device), progress)
+        row.update({f"fit_{k}": v for k, v in fit_stats.items()})
+        n_sample = s.n_synthetic if s.n_synthetic > 0 else s.n_real
+        samples = model.sample(n_sample, bias=s.bias,
+                               generator=generator(s.seed, t, "sample", self.device))
+        if not torch.isfinite(samples).all():
+            raise LoopError(f"generation {t}: the {type(model).__name__} produced non-finite "
+                            "samples (the fit diverged)",
+                            "use a simpler model or more samples per generation (loop.n_real, "
+                            "loop.n_synthetic)")
+        for evaluate in self.evaluators:
+            row.update(evaluate(t, samples, model))
+        self.checkpoints.save(t, {"generation": t, "samples": samples.cpu(),
+                                  "origin": torch.full((len(samples),), t, dtype=torch.long),
+                                  "marked": torch.zeros(len(samples), dtype=torch.bool),
+                                  "model": {k: v.cpu() for k, v in model.state_dict().items()},
+                                  "row": row})
+        return samples, row

@@ -1,0 +1,26 @@
+"""Errors the loop engine raises for bad configuration or diverged models.
+
+Same shape as :class:`madmark.errors.MadmarkError` (a problem and its fix, one line), defined here
+because ``loops`` does not import the application layer above it.
+"""
+from __future__ import annotations
+
+
+class LoopError(ValueError):
+    """A loop, model or pool problem the user can fix; printed by the CLI as one line, exit code 2."""
+
+    exit_code = 2
+
+    def __init__(self, problem: str, fix: str):
+        super().__init__(f"{problem} — {fix}")
+        self.problem = problem
+        self.fix = fix
+
+
+def check_bias(bias: float) -> float:
+    """Validate a sampling bias λ ∈ (0, 1] (1 = unbiased) and return it as a float."""
+    bias = float(bias)
+    if not (0.0 < bias <= 1.0):
+        raise LoopError(f"sampling bias λ={bias} is outside (0, 1]",
+                        "set loop.bias to a value in (0, 1]; 1 is unbiased")
+    return bias

@@ -1,0 +1,53 @@
+"""The interface every generative model of the loop implements.
+
+A model is trained from scratch on a pool each generation (``fit``), then draws samples with a
+sampling bias λ ∈ (0, 1] (``sample``). λ = 1 is unbiased; λ < 1 trades diversity for quality as in
+Alemohammad et al. §2.3 (Gaussian/GMM: covariance scaled by λ).
+
+Data is either vectors ``(N, D)`` or images ``(N, C, H, W)`` float32 in [0, 1]; a model samples
+tensors of the shape it was fitted on, on the device of its training data.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Callable, Optional
+
+import torch
+
+#: Called as ``progress(step, total)`` during ``fit`` so the CLI can draw a progress bar.
+ProgressFn = Callable[[int, int], None]
+
+
+class GenerativeModel(ABC):
+    """fit / sample / state_dict. Subclasses hold their hyperparameters from ``__init__`` (config)."""
+
+    #: Data kinds the model accepts: "vector", "image" or both.
+    accepts: tuple[str, ...] = ("vector", "image")
+
+    @abstractmethod
+    def fit(self, x: torch.Tensor, generator: torch.Generator,
+            progress: Optional[ProgressFn] = None) -> dict[str, float]:
+        """Train from scratch on ``x`` ((N, D) or (N, C, H, W)).
+
+        ``generator`` (on x's device) is the only source of randomness, so a generation is
+        reproducible from its seed. Returns fit statistics (floats) for the generation's row;
+        keys without prefix, the engine prefixes them with ``fit_``.
+        """
+
+    @abstractmethod
+    def sample(self, n: int, bias: float = 1.0,
+               generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """Draw ``n`` samples with sampling bias λ = ``bias`` ∈ (0, 1]; shape (n, *data_shape)."""
+
+    @abstractmethod
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Fitted parameters as tensors (loadable with ``torch.load(weights_only=True)``)."""
+
+    @abstractmethod
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore fitted parameters saved by :meth:`state_dict`."""
+
+    def moments(self) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
+        """Mean (D,) and covariance (D, D) of the fitted (unbiased, λ = 1) distribution for vector
+        data, or ``None`` when the model cannot give them in closed form."""
+        return None

@@ -1,0 +1,76 @@
+"""A training pool: samples with their provenance.
+
+Provenance is ground truth for *measuring* the filter and the loop; it is never shown to a filter.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class Pool:
+    """Samples and where they came from.
+
+    Attributes:
+        x: (N, D) vectors or (N, C, H, W) images.
+        origin: int64 (N,): 0 = real, t = synthetic from generation t.
+        marked: bool (N,): the sample carries a watermark.
+    """
+
+    x: torch.Tensor
+    origin: torch.Tensor
+    marked: torch.Tensor
+
+    def __post_init__(self):
+        n = len(self.x)
+        if self.origin.shape != (n,) or self.marked.shape != (n,):
+            raise ValueError(f"provenance shapes {tuple(self.origin.shape)}, {tuple(self.marked.shape)} "
+                             f"do not match {n} samples")
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    @classmethod
+    def real(cls, x: torch.Tensor) -> "Pool":
+        """Real, unmarked samples (origin 0)."""
+        n = len(x)
+        return cls(x, torch.zeros(n, dtype=torch.long, device=x.device),
+                   torch.zeros(n, dtype=torch.bool, device=x.device))
+
+    @classmethod
+    def synthetic(cls, x: torch.Tensor, generation: int, marked: bool = False) -> "Pool":
+        """Samples drawn from the model of ``generation`` (origin = generation)."""
+        n = len(x)
+        return cls(x, torch.full((n,), generation, dtype=torch.long, device=x.device),
+                   torch.full((n,), marked, dtype=torch.bool, device=x.device))
+
+    @classmethod
+    def cat(cls, pools: list["Pool"]) -> "Pool":
+        if not pools:
+            raise ValueError("cannot concatenate an empty list of pools")
+        return cls(torch.cat([p.x for p in pools]), torch.cat([p.origin for p in pools]),
+                   torch.cat([p.marked for p in pools]))
+
+    def subset(self, keep: torch.Tensor) -> "Pool":
+        """The samples where the boolean mask ``keep`` (N,) is true."""
+        return Pool(self.x[keep], self.origin[keep], self.marked[keep])
+
+    def to(self, device: torch.device | str) -> "Pool":
+        return Pool(self.x.to(device), self.origin.to(device), self.marked.to(device))
+
+    def composition(self) -> dict[str, float | int | str]:
+        """Counts by origin for a generation's row: n_pool, n_real, n_synthetic, n_marked,
+        real_fraction and origin_counts (e.g. ``"g0=4000 g1=4000"``)."""
+        origins, counts = torch.unique(self.origin.cpu(), return_counts=True)
+        n = len(self)
+        n_real = int(counts[origins == 0].sum())
+        return {
+            "n_pool": n,
+            "n_real": n_real,
+            "n_synthetic": n - n_real,
+            "n_marked": int(self.marked.sum()),
+            "real_fraction": n_real / n if n else float("nan"),
+            "origin_counts": " ".join(f"g{int(o)}={int(c)}" for o, c in zip(origins, counts)),
+        }

@@ -1,0 +1,5 @@
+import sys
+
+from madmark.cli import main
+
+sys.exit(main())

@@ -1,0 +1,132 @@
+"""``madmark run [overrides]``: run (or resume) a self-consuming loop experiment.
+
+    madmark run                                  # the default experiment (configs/config.yaml)
+    madmark run data=gaussian model=gaussian loop.bias=0.8
+    madmark run -m loop.bias=1.0,0.8 seed=0,1    # Hydra multirun sweep
+    madmark run resume=outputs/default/<date-time>
+"""
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from loops.engine import LoopEngine, LoopSettings
+from loops.families import LoopFamily
+from madmark.console import GenerationProgress, format_table
+from madmark.errors import MadmarkError
+from madmark.evaluation import vector_truth_evaluator
+from madmark.hydra_app import run_hydra
+from madmark.rundir import RunDir, environment
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise MadmarkError(f"device={name} but no CUDA GPU is available",
+                           "set device=cpu (or device=auto)")
+    return device
+
+
+def loop_settings(cfg: DictConfig, n_train: int) -> LoopSettings:
+    n_real = n_train if cfg.loop.n_real is None else int(cfg.loop.n_real)
+    n_synthetic = n_real if cfg.loop.n_synthetic is None else int(cfg.loop.n_synthetic)
+    return LoopSettings(generations=int(cfg.loop.generations), n_real=n_real,
+                        n_synthetic=n_synthetic, bias=float(cfg.loop.bias), seed=int(cfg.seed))
+
+
+def open_run(cfg: DictConfig) -> tuple[RunDir, DictConfig, bool]:
+    """The run directory and the config to run: a new one, or the recorded one for resume."""
+    if cfg.resume:
+        run = RunDir(cfg.resume)
+        if not run.exists():
+            raise MadmarkError(f"resume={cfg.resume} is not a madmark run directory "
+                               "(no config.yaml)", "pass the folder of a run started by madmark run")
+        recorded = run.read_config()
+        with open_dict(recorded):
+            recorded.progress, recorded.debug = cfg.progress, cfg.debug
+        return run, recorded, True
+    run = RunDir(HydraConfig.get().runtime.output_dir)
+    if run.exists():
+        raise MadmarkError(f"run directory {run.path} already holds a run",
+                           "wait a second and rerun, or set hydra.run.dir=<new folder>")
+    return run, cfg, False
+
+
+def run_loop(cfg: DictConfig) -> list[dict]:
+    """Build the data source, model and loop from ``cfg`` and run it in its run directory."""
+    run, cfg, resumed = open_run(cfg)
+    device = resolve_device(cfg.device)
+    if not resumed:
+        run.write_config(cfg)
+        run.write_env(environment(int(cfg.seed), device))
+    else:
+        run.write_env(environment(int(cfg.seed), device), name=f"env_resume_{int(time.time())}.json")
+    status = run.read_status()
+    if status.get("state") == "complete":
+        print(f"run {run.path} is already complete")
+        rows = [run.checkpoints.load(t)["row"] for t in run.checkpoints.finished()]
+        print(format_table(rows))
+        return rows
+    started = len(run.checkpoints.finished())
+    try:
+        return _run(cfg, run, device)
+    except BaseException as error:
+        done = len(run.checkpoints.finished())
+        if not resumed and done == 0 and started == 0 and not isinstance(error, KeyboardInterrupt):
+            shutil.rmtree(run.path, ignore_errors=True)   # nothing finished: leave no husk
+        else:
+            run.write_status("failed", generations_done=done, error=str(error).splitlines()[0]
+                             if str(error) else type(error).__name__)
+        raise
+
+
+def _run(cfg: DictConfig, run: RunDir, device: torch.device) -> list[dict]:
+    torch.manual_seed(int(cfg.seed))
+    source = instantiate(cfg.data)
+    splits = source.load()
+    make_model = instantiate(cfg.model, _partial_=True)
+    accepts = getattr(make_model.func, "accepts", ("vector", "image"))
+    if splits.kind not in accepts:
+        raise MadmarkError(f"model {make_model.func.__name__} does not take {splits.kind} data",
+                           f"choose a model for {splits.kind} data (e.g. model=pca_gmm for images)")
+    settings = loop_settings(cfg, len(splits.train))
+    progress = GenerationProgress(settings.generations, enabled=bool(cfg.progress))
+    engine = LoopEngine(source=source, make_model=make_model,
+                        family=LoopFamily(cfg.loop.family, cfg.loop.history), settings=settings,
+                        checkpoints=run.checkpoints, device=device, progress=progress)
+    if splits.kind == "vector" and splits.true_mean is not None:
+        engine.evaluators.append(vector_truth_evaluator(splits.true_mean, splits.true_cov))
+
+    def save(t: int, samples: torch.Tensor, rows: list[dict]) -> None:
+        progress.close()
+        if splits.kind == "image" and cfg.samples_grid > 0:
+            run.save_grid(t, samples, n=int(cfg.samples_grid))
+        run.write_results(rows)
+        run.write_status("running", generations_done=t, generations=settings.generations)
+
+    engine.hooks.append(save)
+    run.write_status("running", generations_done=len(run.checkpoints.finished()),
+                     generations=settings.generations)
+    rows = engine.run()
+    progress.close()
+    run.write_results(rows)
+    run.write_status("complete", generations_done=len(rows), generations=settings.generations)
+    print(format_table(rows))
+    print(f"\nrun directory: {run.path}")
+    return rows
+
+
+def main(args: list[str]) -> int:
+    resume = next((a.split("=", 1)[1] for a in args if a.startswith("resume=")), None)
+    if resume and resume != "null":
+        # continue in the recorded folder; Hydra writes no new .hydra/ over the recorded one
+        args = [*args, f"hydra.run.dir={Path(resume)}", "hydra.output_subdir=null"]
+    return run_hydra("run", run_loop, args)

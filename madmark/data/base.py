@@ -1,0 +1,77 @@
+"""The interface of a data source: a train split for the loop, a held-out reference split for
+evaluation, and fresh real draws for the fresh-data loop.
+
+Images are float32 ``(N, C, H, W)`` in [0, 1]; vectors are float32 ``(N, D)``. Labels, where the
+source has them, are int64 ``(N,)``.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+
+@dataclass
+class Splits:
+    """The real data of a source.
+
+    Attributes:
+        train: (N_train, ...) real samples the loop trains on.
+        reference: (N_ref, ...) held-out real samples, never trained on; used for evaluation.
+        train_labels / reference_labels: int64 (N,) class labels, or None.
+        kind: "image" or "vector".
+        true_mean / true_cov: for analytic vector sources, the moments of the true distribution
+            ((D,), (D, D) float64); None otherwise.
+    """
+
+    train: torch.Tensor
+    reference: torch.Tensor
+    kind: str
+    train_labels: Optional[torch.Tensor] = None
+    reference_labels: Optional[torch.Tensor] = None
+    true_mean: Optional[torch.Tensor] = None
+    true_cov: Optional[torch.Tensor] = None
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        return tuple(self.train.shape[1:])
+
+
+class DataSource(ABC):
+    """A source of real data. Constructed from ``configs/data/<name>.yaml`` by Hydra ``_target_``.
+
+    Constructors only store settings; :meth:`load` does the I/O and may raise
+    :class:`madmark.errors.MadmarkError` naming the problem and its fix.
+    """
+
+    name: str = "source"
+
+    _splits: Optional[Splits] = None
+
+    def load(self) -> Splits:
+        """The train and reference splits; loaded once (by :meth:`_load`) and cached."""
+        if self._splits is None:
+            self._splits = self._load()
+        return self._splits
+
+    @abstractmethod
+    def _load(self) -> Splits:
+        """Load (or generate) the train and reference splits, deterministically from the seed."""
+
+    def draw_real(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """``n`` real samples for one generation of the fresh-data loop.
+
+        Default: a random subset of the train split (without replacement within the draw), so
+        successive generations see different, independently chosen real samples. Analytic sources
+        override this to draw new samples from the true distribution.
+        """
+        train = self.load().train
+        if n > len(train):
+            from madmark.errors import MadmarkError
+            raise MadmarkError(
+                f"the fresh-data loop asks for n_real={n} samples but data '{self.name}' has only "
+                f"{len(train)} train samples", f"set loop.n_real <= {len(train)}")
+        idx = torch.randperm(len(train), generator=generator)[:n]
+        return train[idx]

@@ -1,0 +1,23 @@
+"""User-facing errors: one line that names the problem and the fix.
+
+Anything a user can cause (a bad config value, a missing folder, a corrupt image) raises
+:class:`MadmarkError`. The CLI prints ``madmark: error: <problem> — <fix>`` and exits with code 2;
+``debug=true`` shows the traceback instead.
+"""
+from __future__ import annotations
+
+
+class MadmarkError(Exception):
+    """An error caused by input or configuration, reported as one line.
+
+    Args:
+        problem: what is wrong, e.g. ``"data.root '/x' does not exist"``.
+        fix: what the user should do, e.g. ``"set data.root=<folder of images>"``.
+    """
+
+    exit_code = 2
+
+    def __init__(self, problem: str, fix: str):
+        super().__init__(f"{problem} — {fix}")
+        self.problem = problem
+        self.fix = fix
