@@ -34,6 +34,8 @@ class GenerationProgress:
 
     def close(self, *_: Any) -> None:
         if self.bar is not None:
+            self.bar.total = self.bar.n      # EM may converge before max_iter: show what ran
+            self.bar.refresh()
             self.bar.close()
             self.bar = None
 

@@ -28,3 +28,18 @@ def vector_truth_evaluator(true_mean: torch.Tensor, true_cov: torch.Tensor):
         return stats
 
     return evaluate
+
+
+def spread_evaluator(reference: torch.Tensor):
+    """Diversity proxy on raw values: mean per-dimension std of S_t ÷ that of the real reference.
+
+    Computed on flattened pixels (images) or the vectors themselves; 1 = as spread as real data,
+    falling toward 0 as the loop collapses. Columns: spread_ratio, spread_n_reference.
+    """
+    ref_std = reference.flatten(1).double().std(0).mean().item()
+
+    def evaluate(t, samples, model) -> dict:
+        std = samples.flatten(1).double().std(0).mean().item()
+        return {"spread_ratio": std / ref_std, "spread_n_reference": len(reference)}
+
+    return evaluate

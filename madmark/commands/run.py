@@ -20,7 +20,7 @@ from loops.engine import LoopEngine, LoopSettings
 from loops.families import LoopFamily
 from madmark.console import GenerationProgress, format_table
 from madmark.errors import MadmarkError
-from madmark.evaluation import vector_truth_evaluator
+from madmark.evaluation import spread_evaluator, vector_truth_evaluator
 from madmark.hydra_app import run_hydra
 from madmark.rundir import RunDir, environment
 
@@ -102,6 +102,7 @@ def _run(cfg: DictConfig, run: RunDir, device: torch.device) -> list[dict]:
     engine = LoopEngine(source=source, make_model=make_model,
                         family=LoopFamily(cfg.loop.family, cfg.loop.history), settings=settings,
                         checkpoints=run.checkpoints, device=device, progress=progress)
+    engine.evaluators.append(spread_evaluator(splits.reference))
     if splits.kind == "vector" and splits.true_mean is not None:
         engine.evaluators.append(vector_truth_evaluator(splits.true_mean, splits.true_cov))
 

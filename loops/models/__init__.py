@@ -1,0 +1,7 @@
+"""Generative models of the loop: fit from scratch on a pool, sample with bias λ ∈ (0, 1]."""
+from .base import GenerativeModel, ProgressFn
+from .gaussian import GaussianModel
+from .gmm import GMMModel
+from .pca_gmm import PCAGMMModel
+
+__all__ = ["GenerativeModel", "ProgressFn", "GaussianModel", "GMMModel", "PCAGMMModel"]

@@ -1,0 +1,17 @@
+"""Offline real data sources: each yields a train split, a disjoint held-out reference split and
+fresh real draws (see :mod:`madmark.data.base`). Configured by ``configs/data/<name>.yaml``."""
+from madmark.data.base import DataSource, Splits
+from madmark.data.digits import Digits
+from madmark.data.faces import Faces
+from madmark.data.gaussian import Gaussian
+from madmark.data.gmm2d import GMM2D
+from madmark.data.imagefolder import ImageFolder
+from madmark.data.mnist import MNIST5k
+from madmark.data.photos import Photos
+from madmark.data.torchvision_source import TorchvisionDataset
+
+SOURCES = {cls.name: cls for cls in (MNIST5k, Digits, Photos, Faces, ImageFolder,
+                                     TorchvisionDataset, Gaussian, GMM2D)}
+
+__all__ = ["DataSource", "Splits", "MNIST5k", "Digits", "Photos", "Faces", "ImageFolder",
+           "TorchvisionDataset", "Gaussian", "GMM2D", "SOURCES"]

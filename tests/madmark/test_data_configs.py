@@ -1,0 +1,50 @@
+"""Every configs/data/*.yaml instantiates its source through Hydra's _target_."""
+from pathlib import Path
+
+import pytest
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+import madmark.data as data
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "data"
+
+
+def test_every_source_has_a_config():
+    assert {p.stem for p in CONFIGS.glob("*.yaml")} >= set(data.SOURCES)
+
+
+@pytest.mark.parametrize("name", sorted(data.SOURCES))
+def test_config_instantiates_the_source(name, tmp_path):
+    cfg = OmegaConf.create({"seed": 7, "data": OmegaConf.load(CONFIGS / f"{name}.yaml")})
+    if name == "imagefolder":
+        cfg.data.root = str(tmp_path)
+    source = instantiate(cfg.data)
+    assert type(source) is data.SOURCES[name] and source.name == name
+    assert source.seed == 7
+
+
+def test_vector_configs_load_through_hydra():
+    cfg = OmegaConf.create({"seed": 1, "data": OmegaConf.load(CONFIGS / "gmm2d.yaml")})
+    cfg.data.n_train = 50
+    s = instantiate(cfg.data).load()
+    assert s.train.shape == (50, 2) and s.true_cov is not None
+
+
+def test_photos_config_with_an_image_list(tmp_path):
+    cfg = OmegaConf.create({"seed": 1, "data": OmegaConf.load(CONFIGS / "photos.yaml")})
+    cfg.data.images = ["coffee"]
+    cfg.data.n_train, cfg.data.n_reference, cfg.data.size = 3, 2, 8
+    assert instantiate(cfg.data).load().train.shape == (3, 3, 8, 8)
+
+
+def test_imagefolder_config_with_a_list_resize(tmp_path):
+    from PIL import Image
+    import numpy as np
+
+    for i, hw in enumerate([(10, 12), (20, 9), (7, 7)]):
+        Image.fromarray(np.full(hw, 40 * i, dtype=np.uint8)).save(tmp_path / f"{i}.png")
+    cfg = OmegaConf.create({"seed": 1, "data": OmegaConf.load(CONFIGS / "imagefolder.yaml")})
+    cfg.data.root, cfg.data.resize, cfg.data.n_reference = str(tmp_path), [6, 5], 1
+    s = instantiate(cfg.data).load()
+    assert s.train.shape == (2, 1, 6, 5)
