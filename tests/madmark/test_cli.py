@@ -88,3 +88,26 @@ def test_same_seed_same_results(cli, tmp_path):
     (a,) = run_dirs(tmp_path / "outputs" / "a")
     (b,) = run_dirs(tmp_path / "outputs" / "b")
     assert (a / "results.csv").read_text() == (b / "results.csv").read_text()
+
+
+def _png(path, size):
+    from PIL import Image
+    import numpy as np
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((size, size), 128, dtype=np.uint8)).save(path)
+
+
+@pytest.mark.parametrize("case, needle", [("corrupt", "broken.png"), ("mixed", "resize")])
+def test_bad_image_folder_is_one_line_exit_2(cli, tmp_path, case, needle):
+    root = tmp_path / "images"
+    for i in range(6):
+        _png(root / f"img{i}.png", 8)
+    if case == "corrupt":
+        (root / "broken.png").write_bytes(b"not an image at all")
+    else:
+        _png(root / "big.png", 16)
+    before = {p: p.read_bytes() for p in root.iterdir()}
+    code, _, err = cli("run", "data=imagefolder", f"data.root={root}", "progress=false")
+    assert code == 2 and needle in err and len(err.strip().splitlines()) == 1, err
+    assert {p: p.read_bytes() for p in root.iterdir()} == before      # the user's files untouched
+    assert run_dirs(tmp_path / "outputs") == []
