@@ -7,6 +7,7 @@ import sys
 #: command → (module with ``main(args) -> int``, one line of help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("madmark.commands.run", "run or resume a self-consuming loop experiment (Hydra)"),
+    "report": ("madmark.commands.report", "rewrite a run's report.md and plots from results.csv"),
 }
 
 USAGE = """usage: madmark <command> [overrides ...]

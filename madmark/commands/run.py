@@ -22,6 +22,7 @@ from madmark.console import GenerationProgress, format_table
 from madmark.errors import MadmarkError
 from madmark.evaluation import spread_evaluator, vector_truth_evaluator
 from madmark.hydra_app import run_hydra
+from madmark.report import write_report
 from madmark.rundir import RunDir, environment
 
 
@@ -112,6 +113,7 @@ def _run(cfg: DictConfig, run: RunDir, device: torch.device) -> list[dict]:
             run.save_grid(t, samples, n=int(cfg.samples_grid))
         run.write_results(rows)
         run.write_status("running", generations_done=t, generations=settings.generations)
+        write_report(run.path)
 
     engine.hooks.append(save)
     run.write_status("running", generations_done=len(run.checkpoints.finished()),
@@ -120,6 +122,7 @@ def _run(cfg: DictConfig, run: RunDir, device: torch.device) -> list[dict]:
     progress.close()
     run.write_results(rows)
     run.write_status("complete", generations_done=len(rows), generations=settings.generations)
+    write_report(run.path)
     print(format_table(rows))
     print(f"\nrun directory: {run.path}")
     return rows
