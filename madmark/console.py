@@ -7,7 +7,6 @@ from typing import Any, Optional
 
 from tqdm.auto import tqdm
 
-_HIDDEN = ("family", "history", "origin_counts")
 
 
 class GenerationProgress:
@@ -48,13 +47,16 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def format_table(rows: list[dict[str, Any]], hidden: tuple[str, ...] = _HIDDEN) -> str:
-    """Rows as an aligned text table (columns in order of first appearance)."""
-    columns: list[str] = []
-    for row in rows:
-        columns.extend(k for k in row if k not in columns and k not in hidden)
+def format_table(rows: list[dict[str, Any]], columns: tuple[str, ...],
+                 settings: tuple[str, ...] = ()) -> str:
+    """The ``columns`` present in ``rows`` as an aligned text table, then one line naming the
+    ``settings`` the metrics were computed on (taken from the first row)."""
+    columns = [c for c in columns if any(c in r for r in rows)]
     cells = [[_cell(row.get(c, "")) for c in columns] for row in rows]
     widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
     lines = ["  ".join(c.rjust(w) for c, w in zip(columns, widths))]
     lines += ["  ".join(v.rjust(w) for v, w in zip(r, widths)) for r in cells]
+    named = [f"{c}={rows[0][c]}" for c in settings if rows and c in rows[0]]
+    if named:
+        lines.append("metrics computed on: " + ", ".join(named))
     return "\n".join(lines)

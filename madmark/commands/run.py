@@ -22,7 +22,8 @@ from madmark.console import GenerationProgress, format_table
 from madmark.errors import MadmarkError
 from madmark.evaluation import spread_evaluator, vector_truth_evaluator
 from madmark.hydra_app import run_hydra
-from madmark.report import write_report
+from madmark.metrics import GenerationMetrics, make_extractor
+from madmark.report import SETTINGS, TABLE, write_report
 from madmark.rundir import RunDir, environment
 
 
@@ -34,6 +35,14 @@ def resolve_device(name: str) -> torch.device:
         raise MadmarkError(f"device={name} but no CUDA GPU is available",
                            "set device=cpu (or device=auto)")
     return device
+
+
+def data_name(cfg: DictConfig) -> str:
+    """The data config's name (e.g. ``mnist5k``), from Hydra's choices or the target class."""
+    choice = cfg.get("data_name")
+    if choice:
+        return str(choice)
+    return str(cfg.data.get("_target_", "data")).rsplit(".", 1)[-1].lower()
 
 
 def loop_settings(cfg: DictConfig, n_train: int) -> LoopSettings:
@@ -74,7 +83,7 @@ def run_loop(cfg: DictConfig) -> list[dict]:
     if status.get("state") == "complete":
         print(f"run {run.path} is already complete")
         rows = [run.checkpoints.load(t)["row"] for t in run.checkpoints.finished()]
-        print(format_table(rows))
+        print(format_table(rows, TABLE, SETTINGS))
         return rows
     started = len(run.checkpoints.finished())
     try:
@@ -104,6 +113,10 @@ def _run(cfg: DictConfig, run: RunDir, device: torch.device) -> list[dict]:
                         family=LoopFamily(cfg.loop.family, cfg.loop.history), settings=settings,
                         checkpoints=run.checkpoints, device=device, progress=progress)
     engine.evaluators.append(spread_evaluator(splits.reference))
+    if cfg.eval.enabled:
+        extractor = make_extractor(cfg.eval, splits, data_name(cfg), device)
+        engine.evaluators.append(GenerationMetrics(cfg.eval, extractor, splits.reference,
+                                                   int(cfg.seed), device))
     if splits.kind == "vector" and splits.true_mean is not None:
         engine.evaluators.append(vector_truth_evaluator(splits.true_mean, splits.true_cov))
 
@@ -123,7 +136,7 @@ def _run(cfg: DictConfig, run: RunDir, device: torch.device) -> list[dict]:
     run.write_results(rows)
     run.write_status("complete", generations_done=len(rows), generations=settings.generations)
     write_report(run.path)
-    print(format_table(rows))
+    print(format_table(rows, TABLE, SETTINGS))
     print(f"\nrun directory: {run.path}")
     return rows
 

@@ -14,11 +14,12 @@ ARGS = ["data=digits", "model=pca_gmm", "model.n_components=16", "model.gmm_comp
 
 def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
     full_dir, cut_dir = tmp_path / "full", tmp_path / "cut"
-    done = madmark_subprocess("run", *ARGS, f"hydra.run.dir={full_dir}", timeout=300)
+    args = [*ARGS, f"eval.features.cache_dir={tmp_path / 'cache'}"]   # LeNet features, cached
+    done = madmark_subprocess("run", *args, f"hydra.run.dir={full_dir}", timeout=300)
     assert done.returncode == 0, done.stderr
 
     import os
-    proc = subprocess.Popen([sys.executable, "-m", "madmark", "run", *ARGS,
+    proc = subprocess.Popen([sys.executable, "-m", "madmark", "run", *args,
                              f"hydra.run.dir={cut_dir}"], cwd=tmp_path,
                             env={**os.environ, "PYTHONPATH": str(REPO)},
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -35,6 +36,7 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
     resumed = madmark_subprocess("run", f"resume={cut_dir}", "progress=false", timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     assert (cut_dir / "results.csv").read_text() == (full_dir / "results.csv").read_text()
+    assert "precision" in (cut_dir / "results.csv").read_text()
     assert json.loads((cut_dir / "status.json").read_text())["state"] == "complete"
     assert run_dirs(tmp_path) == [cut_dir, full_dir]
 

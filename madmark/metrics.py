@@ -1,0 +1,136 @@
+"""Fidelity and diversity of each generation against the held-out real reference split.
+
+Builds the configured feature extractor once per run, extracts the reference features once, and
+keeps the real k-NN manifold (radii) and the reference feature statistics for every generation:
+a generation only costs the features of its own samples S_t, one real × fake pass, and one FID.
+
+Columns added to each row: precision, recall, density, coverage (k-NN manifolds, k), fid,
+kid, kid_std, and the setting they were computed on: features, n_real_eval, n_fake_eval, k,
+kid_subsets, kid_subset_size.
+"""
+from __future__ import annotations
+
+import hashlib
+import warnings
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from omegaconf import DictConfig
+
+from eval.features import FeatureUnavailable, build_extractor
+from eval.features.factory import build_lenet_extractor
+from eval.fid import FeatureStats, frechet_distance, kid
+from eval.prdc import RealManifold
+from loops.seeding import generator
+from madmark.data.base import Splits
+from madmark.errors import MadmarkError
+
+
+def fingerprint(*tensors: Optional[torch.Tensor]) -> str:
+    """SHA-1 of the tensors' shapes and bytes (identifies a training split for caches)."""
+    h = hashlib.sha1()
+    for t in tensors:
+        if t is not None:
+            t = t.detach().cpu().contiguous()
+            h.update(str((tuple(t.shape), str(t.dtype))).encode())
+            h.update(t.numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def choose_extractor(name: str, splits: Splits) -> str:
+    """``auto``: raw for vectors, lenet for labelled images (≥ 2 classes), else random_cnn."""
+    if name != "auto":
+        return name
+    if splits.kind == "vector":
+        return "raw"
+    labels = splits.train_labels
+    return "lenet" if labels is not None and len(torch.unique(labels)) >= 2 else "random_cnn"
+
+
+def make_extractor(cfg: DictConfig, splits: Splits, data_name: str, device: torch.device):
+    """The run's feature extractor; a LeNet is trained on the REAL TRAIN split (or loaded from
+    the cache), its accuracy measured on the held-out reference split."""
+    f = cfg.features
+    name = choose_extractor(f.name, splits)
+    if name == "raw" or splits.kind == "vector":
+        if splits.kind == "vector" and name != "raw":
+            raise MadmarkError(f"eval.features.name={name} needs images but data is vectors",
+                               "set eval.features.name=raw (or auto)")
+        return build_extractor("raw")
+    try:
+        if name == "lenet":
+            if splits.train_labels is None:
+                raise MadmarkError(f"lenet features need class labels but data '{data_name}' "
+                                   "has none", "set eval.features.name=random_cnn")
+            key = {"source": data_name, "shape": list(splits.sample_shape),
+                   "train": fingerprint(splits.train, splits.train_labels)}
+            return build_lenet_extractor(
+                source=data_name, cache_dir=str(Path(f.cache_dir).expanduser()), key=key,
+                train_x=splits.train, train_y=splits.train_labels, val_x=splits.reference,
+                val_y=splits.reference_labels, epochs=int(f.epochs), seed=int(f.seed),
+                device=str(device), in_channels=splits.sample_shape[0])
+        if name == "random_cnn":
+            return build_extractor("random_cnn", seed=int(f.seed),
+                                   in_channels=3 if splits.sample_shape[0] == 3 else 1)
+        return build_extractor(name, weights_path=f.weights_path,
+                               **({"hub_dir": f.hub_dir} if name == "dinov2" else {}))
+    except FeatureUnavailable as e:
+        problem, _, fix = str(e).partition(" — ")
+        raise MadmarkError(problem, fix or "set eval.features.name=lenet or random_cnn") from e
+    except ValueError as e:
+        if isinstance(e, MadmarkError):
+            raise
+        raise MadmarkError(str(e), "check eval.features (madmark run --help)") from e
+
+
+class GenerationMetrics:
+    """Evaluator for the loop engine: ``metrics(t, samples, model) -> dict`` of row columns.
+
+    Args:
+        cfg: the ``eval`` config block.
+        extractor: maps (N, ...) samples to (N, d) features.
+        reference: (N_ref, ...) held-out real samples (never trained on).
+        seed: run seed (KID subsets are drawn from a per-generation stream).
+        device: where features and distances are computed.
+    """
+
+    def __init__(self, cfg: DictConfig, extractor, reference: torch.Tensor, seed: int,
+                 device: torch.device):
+        self.cfg, self.extractor, self.seed, self.device = cfg, extractor, seed, device
+        n_real = len(reference) if cfg.n_real is None else min(int(cfg.n_real), len(reference))
+        self.batch_size = int(cfg.features.batch_size)
+        self.real = extractor.extract(reference[:n_real], batch_size=self.batch_size,
+                                      device=device)
+        self.manifold = RealManifold(self.real, int(cfg.k), device=device)
+        self.real_stats = FeatureStats.from_features(self.real.double())
+        self.describe = extractor.describe()
+        self._warn_small("reference", len(self.real))
+
+    def _warn_small(self, which: str, n: int) -> None:
+        d = self.real.shape[1]
+        if self.cfg.fid and n < 2 * d:
+            warnings.warn(f"FID: the {which} set has N={n} < 2d={2 * d} features "
+                          f"({self.describe}); its covariance estimate is poor", stacklevel=3)
+
+    def __call__(self, t: int, samples: torch.Tensor, model: Any = None) -> dict[str, Any]:
+        cfg = self.cfg
+        n_fake = len(samples) if cfg.n_fake is None else min(int(cfg.n_fake), len(samples))
+        fake = self.extractor.extract(samples[:n_fake], batch_size=self.batch_size,
+                                      device=self.device)
+        row: dict[str, Any] = dict(self.manifold.score(fake))
+        if cfg.fid:
+            if t == 1:
+                self._warn_small("generated", len(fake))
+            stats = FeatureStats.from_features(fake.double())
+            row["fid"] = frechet_distance(self.real_stats.mean, self.real_stats.cov,
+                                          stats.mean, stats.cov)
+        if cfg.kid:
+            size = min(int(cfg.kid_subset_size), len(self.real), len(fake))
+            row["kid"], row["kid_std"] = kid(self.real, fake, subsets=int(cfg.kid_subsets),
+                                             subset_size=size,
+                                             generator=generator(self.seed, t, "kid"))
+            row["kid_subsets"], row["kid_subset_size"] = int(cfg.kid_subsets), size
+        row.update({"features": self.describe, "n_real_eval": len(self.real),
+                    "n_fake_eval": len(fake), "k": int(cfg.k)})
+        return row
