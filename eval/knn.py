@@ -12,11 +12,12 @@ Two-stage exactness (float32 speed, float64 answers):
    ``c_d = 1.01 · (2γ_{d+3} + 6u)``, ``γ_K = K u / (1 − K u)``, ``u = 2⁻²⁴`` — float32 matmuls are
    forced to full IEEE precision (no TF32) inside this module. Thresholds are widened by the
    bound and rounded up, so the screen never drops a pair that is inside in exact arithmetic.
-2. **Decision, float64.** Every screened candidate is recomputed directly as ``Σ (x − y)²`` in
-   float64 from the original inputs (:func:`pair_sq_dists`) and the ``<=`` test is done on those
-   values. Float32 round-off can never flip a comparison; near-ties are decided at float64
-   accuracy (relative error ≲ d·2⁻⁵³), and exact ties (duplicated points) compare equal because
-   both sides come from the same float64 routine.
+2. **Decision, float64.** A screened pair whose value lies within the bound of a threshold is
+   recomputed directly as ``Σ (x − y)²`` in float64 from the original inputs
+   (:func:`pair_sq_dists`) and the ``<=`` test is done on that value; pairs farther from every
+   threshold are decided by the screen. Float32 round-off can never flip a comparison; near-ties
+   are decided at float64 accuracy (relative error ≲ d·2⁻⁵³), and exact ties (duplicated points)
+   compare equal because both sides come from the same float64 routine.
 
 k-NN radii keep k + 1 + extra float32 candidates per row, found by a block-minimum search
 (:func:`smallest_k`); the radius is certified when the last candidate exceeds it by more than the
@@ -60,8 +61,10 @@ def as_points(x, name: str = "x", device=None) -> torch.Tensor:
         t = t.to(torch.float64)
     if t.ndim != 2 or t.shape[0] == 0 or t.shape[1] == 0:
         raise ValueError(f"{name}: expected a non-empty (N, d) feature matrix, got {t.shape}")
-    if not bool(torch.isfinite(t.sum(dtype=torch.float64))):  # NaN/inf propagate; no N×d temp
-        raise ValueError(f"{name}: features contain NaN or inf")
+    step = work_rows(t.shape[1], 8)  # isfinite makes ~8 bytes of temporaries per entry
+    for s in range(0, t.shape[0], step):
+        if not bool(torch.isfinite(t[s:s + step]).all()):
+            raise ValueError(f"{name}: features contain NaN or inf")
     return t
 
 
@@ -134,15 +137,20 @@ class Embedded:
     def __init__(self, x: torch.Tensor, center: torch.Tensor, chunk_bytes: Optional[int] = None,
                  order: Optional[torch.Tensor] = None):
         n, d = x.shape
-        n_pad = -(-n // _BLOCK) * _BLOCK
         self.n, self.d = n, d
         self.nu = torch.empty(n, dtype=torch.float64, device=x.device)
-        self.a = torch.zeros(n_pad, d, device=x.device)
-        self.sq = torch.full((n_pad,), _PAD, device=x.device)
-        step = work_rows(d, 16, chunk_bytes)
+        self.a = torch.zeros(-(-n // _BLOCK) * _BLOCK, d, device=x.device)
+        self.sq = torch.full((self.a.shape[0],), _PAD, device=x.device)
+        self.fill(x, center, chunk_bytes, order)
+
+    def fill(self, x: torch.Tensor, center: torch.Tensor, chunk_bytes: Optional[int] = None,
+             order: Optional[torch.Tensor] = None) -> "Embedded":
+        """(Re)compute the copy in place for x (same shape), centred at ``center``, rows permuted
+        by ``order`` (point i = x[order[i]]) — reuses the buffers, no new N × d allocation."""
+        step = work_rows(self.d, 16, chunk_bytes)
         center = center.to(device=x.device, dtype=torch.float64)
-        for s in range(0, n, step):  # float64 temporaries stay small
-            e = min(s + step, n)
+        for s in range(0, self.n, step):  # float64 temporaries stay small
+            e = min(s + step, self.n)
             xs = x[s:e] if order is None else x.index_select(0, order[s:e])
             xc = xs.to(torch.float64) - center
             self.nu[s:e] = xc.square().sum(1)
@@ -150,6 +158,7 @@ class Embedded:
             self.sq[s:e] = self.a[s:e].to(torch.float64).square().sum(1)
         if float(self.nu.max()) > 1e30:
             raise ValueError("features too large for float32 screening (‖x − mean‖² > 1e30)")
+        return self
 
 
 def dist_tiles(rows: Embedded, cols: Embedded, which: Optional[torch.Tensor] = None,
@@ -206,24 +215,24 @@ def nonzero_pairs(mask: torch.Tensor, chunk_bytes: Optional[int] = None, bytes_p
 
 def pairs_below(tile: torch.Tensor, row_thr: torch.Tensor, col_thr: torch.Tensor,
                 chunk_bytes: Optional[int] = None) -> Iterator[tuple[torch.Tensor, ...]]:
-    """Yield (rows, cols, values) of the entries with ``tile[i, j] <= row_thr[i]`` or ``<= col_thr[j]``
-    of an (r, M') float32 tile (M' a multiple of 32; row_thr (r,), col_thr (M',) float32, −inf
-    for padding columns).
+    """Yield (rows, cols, values) of the entries with ``tile[i, j] <= row_thr[i]`` or
+    ``<= col_thr[j]`` of an (r, M') float32 tile (M' a multiple of 32; row_thr (r,), col_thr (M',)
+    float32, −inf for padding columns).
 
     Block-minimum search: only 32-column blocks whose minimum is <= max(row_thr[i], block max of
     col_thr) are gathered and tested entry by entry, so the per-entry cost is one ``amin`` pass.
     Tight when columns are ordered by ascending col_thr (block maxima ≈ members' values)."""
     r, m = tile.shape
     nb = m // _BLOCK
-    bthr = torch.maximum(row_thr.unsqueeze(1), col_thr.view(nb, _BLOCK).amax(1))     # (r, nb)
-    bmask = tile.view(r, nb, _BLOCK).amin(2) <= bthr
-    lane = torch.arange(_BLOCK, device=tile.device)
+    col_blocks = col_thr.view(nb, _BLOCK)
+    bthr = torch.maximum(row_thr.unsqueeze(1), col_blocks.amax(1))                  # (r, nb)
+    blocks = tile.view(r * nb, _BLOCK)
+    bmask = blocks.amin(1).view(r, nb) <= bthr
     for br, bc in nonzero_pairs(bmask, chunk_bytes, bytes_per_hit=_BLOCK * 40):
-        cols = bc.unsqueeze(1) * _BLOCK + lane                                      # (P, 32)
-        vals = tile[br.unsqueeze(1), cols]
-        p, q = torch.nonzero(vals <= torch.maximum(row_thr[br].unsqueeze(1), col_thr[cols]),
-                             as_tuple=True)
-        yield br[p], cols[p, q], vals[p, q]
+        vals = blocks.index_select(0, br * nb + bc)                                # (P, 32)
+        thr = torch.maximum(row_thr[br].unsqueeze(1), col_blocks.index_select(0, bc))
+        p, q = torch.nonzero(vals <= thr, as_tuple=True)
+        yield br[p], bc[p] * _BLOCK + q, vals[p, q]
 
 
 def smallest_k(tile: torch.Tensor, kk: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -236,11 +245,14 @@ def smallest_k(tile: torch.Tensor, kk: int) -> tuple[torch.Tensor, torch.Tensor]
     r, m = tile.shape
     if m <= 4 * kk * _BLOCK:
         return torch.topk(tile, kk, dim=1, largest=False, sorted=True)
-    block_min = tile.view(r, m // _BLOCK, _BLOCK).amin(2)
-    blocks = torch.topk(block_min, kk, dim=1, largest=False, sorted=False).indices
-    cols = (blocks.unsqueeze(2) * _BLOCK + torch.arange(_BLOCK, device=tile.device)).view(r, -1)
-    vals, pos = torch.topk(torch.gather(tile, 1, cols), kk, dim=1, largest=False, sorted=True)
-    return vals, torch.gather(cols, 1, pos)
+    nb = m // _BLOCK
+    blocks = tile.view(r * nb, _BLOCK)
+    bidx = torch.topk(blocks.amin(1).view(r, nb), kk, dim=1, largest=False, sorted=False).indices
+    flat = bidx + torch.arange(r, device=tile.device).unsqueeze(1) * nb
+    vals, pos = torch.topk(blocks.index_select(0, flat.view(-1)).view(r, kk * _BLOCK), kk, dim=1,
+                           largest=False, sorted=True)
+    cols = bidx.unsqueeze(2) * _BLOCK + torch.arange(_BLOCK, device=tile.device)
+    return vals, torch.gather(cols.view(r, -1), 1, pos)
 
 
 def _merge(vals: torch.Tensor, idx: torch.Tensor, v2: torch.Tensor, i2: torch.Tensor):

@@ -6,24 +6,26 @@ distance from x to its k-th nearest neighbour in its own set (self excluded); B(
 
 * precision = (1/M) Σ_j 1[∃ i : Y_j ∈ B(X_i, r_k(X_i))]   (fakes on the real manifold)
 * recall    = (1/N) Σ_i 1[∃ j : X_i ∈ B(Y_j, r_k(Y_j))]   (reals on the fake manifold)
-* density   = 1/(kM) Σ_j Σ_i 1[Y_j ∈ B(X_i, r_k(X_i))]
+* density   = 1/(kM) Σ_j Σ_i 1[‖Y_j − X_i‖ < r_k(X_i)]   (open ball, see Ties)
 * coverage  = (1/N) Σ_i 1[min_j ‖X_i − Y_j‖ <= r_k(X_i)]
 
-**Ties.** Membership is ``distance <= radius`` (official P/R code) for all four metrics, whereas
-``prdc.compute_prdc`` uses strict ``<``. On continuous data (no ties) both agree exactly; they
-differ only when distances tie exactly:
+**Ties.** Precision, recall and coverage use ``distance <= radius`` (official P/R code); density
+counts fakes strictly inside (``<``), as ``prdc.compute_prdc`` does for all four. On continuous
+data (no ties) every convention agrees with prdc exactly; they differ only when distances tie:
 
-* identical sets (Y = X, distinct points): precision = recall = coverage = 1 with ``<=``, and
-  density = (k + 1)/k (each real ball holds the copy of its centre and its k neighbours); prdc's
-  ``<`` gives density 1 there.
-* all points equal (prdc issue #7): ``<=`` gives precision = recall = coverage = 1 and
-  density = N/k; prdc's ``<`` gives 0 for all four.
+* identical sets (Y = X, distinct points): all four are 1. (With ``<=`` density would be
+  (k + 1)/k: each real ball would hold the copy of its centre *and* its k-th neighbour.)
+* all points equal (prdc issue #7, radius 0): precision = recall = coverage = 1 with ``<=``;
+  prdc's ``<`` gives 0 for those. Density is 0 there (no fake is strictly inside a radius-0 ball).
 
-**Exactness.** Distances are screened in float32 and every undecided pair is re-checked in float64
-(see :mod:`eval.knn`), so round-off never flips a comparison; results equal ``prdc.compute_prdc`` on
-tie-free data. All four metrics come from ONE pass over real × fake tiles; the fake radii need one
-pass over fake × fake tiles; the real radii are computed once by :class:`RealManifold` and reused.
-Memory is bounded by the chunk budget (default 256 MiB per tile, see :mod:`eval.knn`).
+**Exactness.** Distances are screened in float32 and every pair the screen cannot decide is
+re-checked in float64 (see :mod:`eval.knn`), so float32 round-off never flips a comparison; results
+equal ``prdc.compute_prdc`` on data without (near-)ties at float64 resolution. (prdc rounds
+distances of float32 inputs to float32, so on float32 inputs it can itself differ when two
+distances agree to ~7 digits.) All four metrics come from ONE pass over real × fake tiles; the fake
+radii need one pass over fake × fake tiles; the real radii are computed once by
+:class:`RealManifold` and reused. Memory is bounded by the chunk budget (see :mod:`eval.knn`);
+a manifold keeps one float32 copy of the real features.
 """
 from __future__ import annotations
 
@@ -60,18 +62,20 @@ class RealManifold:
                                                chunk_bytes=chunk_bytes)
 
     def _decide(self, real, fake, ii, jj, v, fake_sq_radii, nu_f, coef):
-        """Exact ``<=`` membership of candidate pairs (real ii, fake jj) with screened squared
-        distances v: (in the ball of real ii, in the ball of fake jj). Pairs farther than the
-        error bound from both radii are decided by the screen; the rest in float64."""
+        """Exact membership of candidate pairs (real ii, fake jj) with screened squared distances
+        v: (in the closed ball of real ii, in the open ball of real ii, in the closed ball of
+        fake jj). Pairs farther than the error bound from the radii are decided by the screen;
+        the rest in float64."""
         v = v.to(torch.float64)
         tau = coef * (self._emb.nu[ii] + nu_f[jj])
         r_a, r_b = self.sq_radii[ii], fake_sq_radii[jj]
-        sure_a, sure_b = v + tau <= r_a, v + tau <= r_b
-        need = (sure_a != (v - tau <= r_a)) | (sure_b != (v - tau <= r_b))
+        sure_a, sure_b, sure_open = v + tau <= r_a, v + tau <= r_b, v + tau < r_a
+        need = ((sure_a != (v - tau <= r_a)) | (sure_b != (v - tau <= r_b))
+                | (sure_open != (v - tau < r_a)))
         d2 = pair_sq_dists(real, fake, ii[need], jj[need], self.chunk_bytes)
-        in_a, in_b = sure_a.clone(), sure_b.clone()
-        in_a[need], in_b[need] = d2 <= r_a[need], d2 <= r_b[need]
-        return in_a, in_b
+        in_a, in_b, in_open = sure_a.clone(), sure_b.clone(), sure_open.clone()
+        in_a[need], in_b[need], in_open[need] = d2 <= r_a[need], d2 <= r_b[need], d2 < r_a[need]
+        return in_a, in_open, in_b
 
     def _fake_nu(self, fake: torch.Tensor) -> torch.Tensor:
         """(M,) float64 ‖y − real centre‖², in bounded chunks."""
@@ -93,14 +97,15 @@ class RealManifold:
         if fake.shape[1] != real.shape[1]:
             raise ValueError(f"fake has d={fake.shape[1]}, real has d={real.shape[1]}")
         n, m = real.shape[0], fake.shape[0]
-        fake_sq_radii = kth_neighbour_sq_radii(fake, k, chunk_bytes=cb)
+        femb = Embedded(fake, mean64(fake, cb), cb)    # fake radii: centred on the fake mean
+        fake_sq_radii = kth_neighbour_sq_radii(fake, k, emb=femb, chunk_bytes=cb)
         # Screening thresholds: every pair that may be inside (exactly) passes the float32 test.
         coef = error_coef(real.shape[1])
         nu_r, nu_f = self._emb.nu, self._fake_nu(fake)
         thr_real = round_up_f32(self.sq_radii + coef * (nu_r + nu_f.max()))             # (N,)
         thr_fake = round_up_f32(fake_sq_radii + coef * (nu_f + nu_r.max()))             # (M,)
         order = torch.argsort(thr_fake)  # fake columns by ball size: tight block maxima
-        femb = Embedded(fake, self.center, cb, order=order)
+        femb.fill(fake, self.center, cb, order=order)  # same buffer, real centre, sorted
         col_thr = torch.full((femb.a.shape[0],), -float("inf"), device=real.device)
         col_thr[:m] = thr_fake[order]
 
@@ -112,8 +117,9 @@ class RealManifold:
         for i0, i1, tile in dist_tiles(self._emb, femb, chunk_bytes=cb):
             for ii, jj, v in pairs_below(tile, thr_real[i0:i1], col_thr, cb):
                 ii, jj = ii + i0, order[jj]
-                in_a, in_b = self._decide(real, fake, ii, jj, v, fake_sq_radii, nu_f, coef)
-                n_inside += in_a.sum()
+                in_a, in_open, in_b = self._decide(real, fake, ii, jj, v, fake_sq_radii, nu_f,
+                                                   coef)
+                n_inside += in_open.sum()
                 in_real_ball[jj[in_a]] = True            # fake j in the ball of real i
                 covered[ii[in_a]] = True
                 in_fake_ball[ii[in_b]] = True            # real i in the ball of fake j

@@ -26,7 +26,7 @@ def _datasets():
 @pytest.mark.parametrize("name", list(_datasets()))
 @pytest.mark.parametrize("symmetric", [False, True])
 @pytest.mark.parametrize("k", [1, 5])
-@pytest.mark.parametrize("chunk_bytes", [None, 1], ids=["one-tile", "32-row-strips"])
+@pytest.mark.parametrize("chunk_bytes", [None, 1], ids=["one-tile", "tiny-chunks"])
 def test_kth_radii_match_bruteforce(name, symmetric, k, chunk_bytes, monkeypatch):
     monkeypatch.setattr(knn, "_SYMMETRIC_MIN_N", 1 if symmetric else 10**9)
     monkeypatch.setattr(knn, "_SYMMETRIC_MIN_D", 1)

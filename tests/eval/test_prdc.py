@@ -21,7 +21,8 @@ def _reference_prdc(real, fake, k):
 
 
 def _bruteforce_le(real, fake, k):
-    """Dense float64 numpy reference with the ``<=`` convention (exact on integer data)."""
+    """Dense float64 numpy reference with our conventions (exact on integer data): ``<=`` for
+    precision, recall and coverage, ``<`` for density."""
     def sq(a, b):
         return ((a[:, None, :] - b[None, :, :]) ** 2).sum(-1)
     rr = np.sort(sq(real, real), axis=1)[:, k]
@@ -29,7 +30,8 @@ def _bruteforce_le(real, fake, k):
     rf = sq(real, fake)
     in_real = rf <= rr[:, None]
     return {"precision": in_real.any(0).mean(), "recall": (rf <= ff[None, :]).any(1).mean(),
-            "density": in_real.sum() / (k * fake.shape[0]), "coverage": in_real.any(1).mean()}
+            "density": (rf < rr[:, None]).sum() / (k * fake.shape[0]),
+            "coverage": in_real.any(1).mean()}
 
 
 @pytest.mark.parametrize("n,m,d", [(500, 500, 2), (700, 400, 16), (300, 600, 64)])
@@ -66,13 +68,11 @@ def test_exact_ties_follow_le_convention(symmetric, monkeypatch):
 def test_identical_sets(k):
     x = torch.randn(400, 10, generator=torch.Generator().manual_seed(0))
     out = prdc(x, x.clone(), k)
-    assert out["precision"] == out["recall"] == out["coverage"] == 1.0
-    # each real ball holds the copy of its centre plus its k neighbours (<= convention)
-    assert out["density"] == pytest.approx((k + 1) / k, abs=1e-12)
+    assert out["precision"] == out["recall"] == out["coverage"] == out["density"] == 1.0
     same = torch.ones(50, 4)          # prdc issue #7: all points equal (strict < gives 0 there)
     out = prdc(same, same, k)
     assert out["precision"] == out["recall"] == out["coverage"] == 1.0
-    assert out["density"] == pytest.approx(50 / k)
+    assert out["density"] == 0.0      # open balls of radius 0 hold nothing
 
 
 def test_collapsed_generator_high_precision_low_recall():
