@@ -1,4 +1,31 @@
 """Watermark embedding, decoding and detection (learned and classical methods).
 
-The methods arrive with the watermark subsystem issue; this package imports nothing above it.
+Tensors in, tensors or numbers out; this package imports nothing from madmark, loops or eval.
+
+    from watermark import SecretKey, SpreadSpectrum, Detector
+    key = SecretKey.from_file("key.txt")
+    wm = SpreadSpectrum.for_image_size(key, 256, 256)       # 32 bits, alpha 0.01 (~40 dB)
+    x_w = wm.embed(x, key.message(wm.num_bits))              # x: (N, C, H, W) in [0, 1]
+    det = Detector(wm, key.message(wm.num_bits), alpha=0.01)
+    det.calibrate(clean_images)                              # measured FPR and bit bias
+    det(x_w).flagged                                         # (N,) bool
+
+Modules: base (interface and checks), keys, dct, spread_spectrum, baselines (invisible-watermark,
+optional), detector, attacks (registry and ATTACK_GRID), attack_layer (training), quality.
 """
+from .attack_layer import DEFAULT_RANGES, AttackLayer
+from .attacks import ATTACK_GRID, ATTACKS, apply_attack, register
+from .base import Watermarker, check_images, check_message
+from .baselines import BaselineUnavailableError, DwtDct, DwtDctSvd, RivaGAN
+from .detector import (Calibration, DetectionResult, Detector, binomial_p_value, matched_bits_threshold,
+                       poisson_binomial_sf)
+from .keys import SecretKey
+from .quality import mse, psnr, ssim
+from .spread_spectrum import SpreadSpectrum
+
+__all__ = [
+    "ATTACKS", "ATTACK_GRID", "AttackLayer", "BaselineUnavailableError", "Calibration", "DEFAULT_RANGES",
+    "DetectionResult", "Detector", "DwtDct", "DwtDctSvd", "RivaGAN", "SecretKey", "SpreadSpectrum",
+    "Watermarker", "apply_attack", "binomial_p_value", "check_images", "check_message",
+    "matched_bits_threshold", "mse", "poisson_binomial_sf", "psnr", "register", "ssim",
+]
