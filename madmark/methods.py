@@ -1,0 +1,41 @@
+"""Build a watermark method by name for an image size (shared by embed, detect and the loop)."""
+from __future__ import annotations
+
+from watermark import BaselineUnavailableError, DwtDct, DwtDctSvd, RivaGAN, SecretKey, SpreadSpectrum
+from watermark.base import Watermarker
+
+from madmark.errors import MadmarkError
+
+METHODS = ("spread_spectrum", "dwtdct", "dwtdctsvd", "rivagan")
+
+
+def build_method(name: str, key: SecretKey, height: int, width: int, bits: int = 32,
+                 strength: float = 0.01) -> Watermarker:
+    """The watermarker ``name`` for (height, width) images.
+
+    ``strength``: residual RMS in [0, 1] pixel units for spread spectrum (≈ −20·log10 dB PSNR).
+    """
+    try:
+        if name == "spread_spectrum":
+            return SpreadSpectrum.for_image_size(key, height, width, num_bits=bits, alpha=strength)
+        if name in ("dwtdct", "dwtdctsvd", "rivagan"):
+            return {"dwtdct": DwtDct, "dwtdctsvd": DwtDctSvd, "rivagan": RivaGAN}[name](num_bits=bits)
+    except BaselineUnavailableError as e:
+        raise MadmarkError(str(e).splitlines()[0], "pip install 'madmark[baselines]'") from e
+    except ValueError as e:
+        raise MadmarkError(f"method={name}: {e}", "change bits/strength or the method") from e
+    raise MadmarkError(f"unknown watermark method '{name}'", f"use method= one of {', '.join(METHODS)}")
+
+
+def secret_key(key: str, key_file: str) -> SecretKey:
+    """The run's secret key from ``key=`` or ``key_file=`` (exactly one)."""
+    if bool(key) == bool(key_file):
+        raise MadmarkError("give the secret key exactly once",
+                           "pass key_file=<path to a key file> (preferred) or key=<secret>")
+    if key_file:
+        try:
+            return SecretKey.from_file(key_file)
+        except OSError as e:
+            raise MadmarkError(f"cannot read key_file={key_file} ({type(e).__name__})",
+                               "pass the path of a readable key file") from e
+    return SecretKey(key)
