@@ -111,3 +111,12 @@ def test_bad_image_folder_is_one_line_exit_2(cli, tmp_path, case, needle):
     assert code == 2 and needle in err and len(err.strip().splitlines()) == 1, err
     assert {p: p.read_bytes() for p in root.iterdir()} == before      # the user's files untouched
     assert run_dirs(tmp_path / "outputs") == []
+
+
+@pytest.mark.parametrize("experiment", ["gaussian_bias", "gaussian_fresh"])
+def test_experiment_presets_compose_and_run(cli, tmp_path, experiment):
+    code, _, err = cli("run", f"experiment={experiment}", "loop.generations=2", "progress=false")
+    assert code == 0, err
+    (run,) = run_dirs(tmp_path / "outputs" / experiment)
+    rows = read_csv(run / "results.csv")
+    assert len(rows) == 2 and rows[0]["features"].startswith("raw")
