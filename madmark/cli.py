@@ -9,6 +9,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("madmark.commands.run", "run or resume a self-consuming loop experiment (Hydra)"),
     "embed": ("madmark.commands.embed", "watermark a folder of images into a new folder of PNGs"),
     "detect": ("madmark.commands.detect", "test a folder of images for a key's watermark (CSV)"),
+    "eval-watermark": ("madmark.commands.eval_watermark",
+                       "robustness table of a watermark method under the attack grid (Hydra)"),
     "report": ("madmark.commands.report", "rewrite a run's report.md and plots from results.csv"),
 }
 
