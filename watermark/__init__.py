@@ -11,19 +11,25 @@ Tensors in, tensors or numbers out; this package imports nothing from madmark, l
     det(x_w).flagged                                         # (N,) bool
 
 Modules: base (interface and checks), keys, dct, spread_spectrum, baselines (invisible-watermark,
-optional), detector, attacks (registry and ATTACK_GRID), attack_layer (training), quality.
+optional), detector, attacks (registry and ATTACK_GRID), attack_layer (training), quality,
+learned (encoder/decoder), train (training loop with checkpoints), cards (model cards, `load`).
 """
 from .attack_layer import DEFAULT_RANGES, AttackLayer
 from .attacks import ATTACK_GRID, ATTACKS, apply_attack, register
 from .base import Watermarker, check_images, check_message
+from .cards import load, load_card, read_card, save_card
+from .learned import Embedder, Extractor, LearnedWatermarker
 from .baselines import BaselineUnavailableError, DwtDct, DwtDctSvd, RivaGAN
 from .detector import (Calibration, DetectionResult, Detector, binomial_p_value, matched_bits_threshold,
                        poisson_binomial_sf)
 from .keys import SecretKey
 from .quality import mse, psnr, ssim
 from .spread_spectrum import SpreadSpectrum
+from .train import train_watermarker
 
 __all__ = [
+    "Embedder", "Extractor", "LearnedWatermarker", "load", "load_card", "read_card", "save_card",
+    "train_watermarker",
     "ATTACKS", "ATTACK_GRID", "AttackLayer", "BaselineUnavailableError", "Calibration", "DEFAULT_RANGES",
     "DetectionResult", "Detector", "DwtDct", "DwtDctSvd", "RivaGAN", "SecretKey", "SpreadSpectrum",
     "Watermarker", "apply_attack", "binomial_p_value", "check_images", "check_message",

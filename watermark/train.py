@@ -1,0 +1,214 @@
+"""Training loop of `LearnedWatermarker`: embed -> random differentiable attacks -> decode.
+
+    model, log = train_watermarker(x_train, x_val, num_bits=32, work_size=28, alpha=0.05, steps=2000,
+                                   checkpoint_dir="runs/wm", resume=True)
+
+x_train, x_val: (N, C, H, W) float in [0, 1] on CPU (H = W = work_size is cheapest: the networks run at
+R anyway). Losses per step, for a batch x, random messages m (N, K) and x_w = embed(x, m):
+    bit loss      BCE-with-logits(decode(attack(x_w)), m)
+    quality loss  mse(x_w, x) / alpha^2  (scale-free: 1 means a saturated +-alpha residual everywhere)
+    total         bit + quality_weight(step) * quality
+Curriculum (chosen, after HiDDeN / VideoSeal practice of learning the channel before the constraints):
+  * phase 1, steps [0, warmup): strength alpha * alpha_boost, no attacks, no quality loss -- the pair
+    first learns *a* code quickly while the signal is strong;
+  * phase 2, [warmup, warmup + ramp): strength decays geometrically to alpha, the quality weight rises
+    linearly to `quality_weight`, and the AttackLayer (attack_names + "identity", chains of up to
+    `max_chain`) is applied to every batch;
+  * phase 3: target alpha, full quality weight, attacks.
+Adam (lr), gradient-norm clipping at 1.
+
+Determinism and resume. Everything random at step t (batch indices, messages, attack draws) comes
+from generators seeded with (seed, t), and the initial weights from `seed`, so a run resumed from a
+checkpoint replays exactly the steps an uninterrupted run would (same final weights on CPU). A
+checkpoint, every `checkpoint_every` steps and at the end, is a folder `step_XXXXXXX/` holding
+`weights.safetensors`, `optimizer.pt` (Adam state, tensors only, loaded with weights_only=True) and
+`state.json` (step, seed, config); it is written under a temp name and moved into place with
+os.replace, then `latest.json` (also replaced atomically) points to it. Older folders beyond the last
+two are deleted. Validation every `val_every` steps (and at the end) appends a dict to the metrics log:
+bit accuracy clean and after real JPEG 50 (Pillow), PSNR; the log is also `metrics.jsonl` there.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+
+from .attack_layer import AttackLayer
+from .attacks import apply_attack
+from .learned import LearnedWatermarker
+from .quality import psnr
+
+ProgressFn = Callable[[int, int, dict], None]
+
+
+def _gen(seed: int, step: int, stream: int) -> torch.Generator:
+    """A CPU generator for (seed, step, stream): the randomness of one step, replayable on resume."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + step) * 7 + stream)
+
+
+@torch.no_grad()
+def evaluate(model: LearnedWatermarker, images: torch.Tensor, seed: int = 0, batch_size: int = 64,
+             jpeg_quality: int = 50) -> dict[str, float]:
+    """Bit accuracy clean and after real JPEG (Pillow), and mean PSNR, on `images` (N, C, H, W)."""
+    msgs = torch.randint(0, 2, (images.shape[0], model.num_bits), generator=_gen(seed, -1, 9)).float()
+    ok_clean, ok_jpeg, ps = [], [], []
+    for i in range(0, images.shape[0], batch_size):
+        x, m = images[i:i + batch_size], msgs[i:i + batch_size]
+        x_w = model.embed(x, m)
+        ok_clean.append((model.decode_bits(x_w) == m).float())
+        ok_jpeg.append((model.decode_bits(apply_attack(x_w, "jpeg_pil", jpeg_quality)) == m).float())
+        ps.append(psnr(x_w, x).clamp(max=100))
+    return {"bit_acc": torch.cat(ok_clean).mean().item(), f"bit_acc_jpeg{jpeg_quality}": torch.cat(ok_jpeg).mean().item(),
+            "psnr": torch.cat(ps).mean().item()}
+
+
+def _schedule(step: int, alpha: float, boost: float, warmup: int, ramp: int, qw: float) -> tuple[float, float, bool]:
+    """(alpha_eff, quality weight, attacks on) at `step` for the curriculum of the module docstring."""
+    if step < warmup:
+        return alpha * boost, 0.0, False
+    t = min(1.0, (step - warmup + 1) / max(1, ramp))
+    return alpha * boost ** (1 - t), qw * t, True
+
+
+def _save_checkpoint(ckpt_dir: str, step: int, model: LearnedWatermarker, opt: torch.optim.Optimizer,
+                     state: dict, keep: int = 2) -> str:
+    final = os.path.join(ckpt_dir, f"step_{step:07d}")
+    tmp = final + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    model.save(os.path.join(tmp, "weights.safetensors"))
+    torch.save(opt.state_dict(), os.path.join(tmp, "optimizer.pt"))
+    with open(os.path.join(tmp, "state.json"), "w") as f:
+        json.dump(state, f, indent=1)
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    _write_json_atomic(os.path.join(ckpt_dir, "latest.json"), {"step": step, "dir": os.path.basename(final)})
+    old = sorted(d for d in os.listdir(ckpt_dir) if d.startswith("step_") and not d.endswith(".tmp"))
+    for d in old[:-keep]:
+        shutil.rmtree(os.path.join(ckpt_dir, d), ignore_errors=True)
+    return final
+
+
+def _write_json_atomic(path: str, obj) -> None:
+    with open(path + ".tmp", "w") as f:
+        json.dump(obj, f, indent=1)
+    os.replace(path + ".tmp", path)
+
+
+def latest_checkpoint(ckpt_dir: str) -> str | None:
+    """Folder of the last complete checkpoint in `ckpt_dir`, or None."""
+    p = os.path.join(ckpt_dir, "latest.json")
+    if not os.path.isfile(p):
+        return None
+    with open(p) as f:
+        d = os.path.join(ckpt_dir, json.load(f)["dir"])
+    return d if os.path.isdir(d) else None
+
+
+def train_watermarker(images_train: torch.Tensor, images_val: torch.Tensor, *, num_bits: int = 32,
+                      work_size: int = 64, alpha: float = 0.02, steps: int = 2000, batch_size: int = 32,
+                      lr: float = 1e-3, attack_names: Sequence[str] = ("jpeg", "blur", "noise", "resize"),
+                      seed: int = 0, device: str = "cpu", checkpoint_dir: str | None = None,
+                      resume: bool = True, progress: bool | ProgressFn = False, width: int = 32,
+                      msg_dim: int = 32, pool: int | None = None, jnd: bool = False, max_chain: int = 1,
+                      alpha_boost: float = 4.0, warmup_frac: float = 0.3, ramp_frac: float = 0.3,
+                      quality_weight: float = 0.1, val_every: int = 250, checkpoint_every: int = 500,
+                      val_images: int = 256) -> tuple[LearnedWatermarker, list[dict]]:
+    """Train a LearnedWatermarker; returns (model in eval mode, metrics log). See the module docstring.
+
+    Args (beyond the model's): steps: optimiser steps in total (a resumed run continues to it);
+    attack_names: AttackLayer attacks of phases 2-3 ("identity" is added); progress: True for a tqdm
+    bar, or a callback progress(step, steps, info); val_every / checkpoint_every: 0 disables.
+    """
+    channels = images_train.shape[1]
+    config = dict(num_bits=num_bits, work_size=work_size, alpha=alpha, steps=steps, batch_size=batch_size,
+                  lr=lr, attack_names=list(attack_names), seed=seed, width=width, msg_dim=msg_dim, pool=pool,
+                  jnd=jnd, max_chain=max_chain, alpha_boost=alpha_boost, warmup_frac=warmup_frac,
+                  ramp_frac=ramp_frac, quality_weight=quality_weight, n_train=int(images_train.shape[0]))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = LearnedWatermarker(num_bits, work_size, alpha, channels, width, msg_dim, pool, jnd, device=device)
+    config["pool"] = model.pool
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    layer = AttackLayer(list(dict.fromkeys(["identity", *attack_names])), max_chain=max_chain, seed=seed)
+    warmup, ramp = int(round(warmup_frac * steps)), int(round(ramp_frac * steps))
+    x_val = images_val[:val_images]
+    log: list[dict] = []
+    start = 0
+    if checkpoint_dir:
+        os.makedirs(checkpoint_dir, exist_ok=True)
+        ck = latest_checkpoint(checkpoint_dir) if resume else None
+        if ck:
+            model.load_state_dict(load_file(os.path.join(ck, "weights.safetensors")))
+            opt.load_state_dict(torch.load(os.path.join(ck, "optimizer.pt"), weights_only=True, map_location=device))
+            with open(os.path.join(ck, "state.json")) as f:
+                start = json.load(f)["step"]
+            mpath = os.path.join(checkpoint_dir, "metrics.jsonl")
+            if os.path.isfile(mpath):
+                with open(mpath) as f:
+                    log = [r for r in map(json.loads, f) if r["step"] <= start]
+        with open(os.path.join(checkpoint_dir, "metrics.jsonl"), "w") as f:   # rewrite the kept part
+            f.writelines(json.dumps(r) + "\n" for r in log)
+
+    bar = None
+    if progress is True:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=steps, initial=start, desc="train watermarker")
+    n, t0, running = images_train.shape[0], time.time(), {}
+
+    def record(step: int, a_eff: float) -> None:
+        model.alpha = alpha     # validate at the target strength
+        row = {"step": step, "time_s": round(time.time() - t0, 2), "alpha_eff": a_eff, **running,
+               **evaluate(model, x_val, seed)}
+        log.append(row)
+        if checkpoint_dir:
+            with open(os.path.join(checkpoint_dir, "metrics.jsonl"), "a") as f:
+                f.write(json.dumps(row) + "\n")
+
+    a_eff = alpha
+    for step in range(start, steps):
+        a_eff, qw, attacks_on = _schedule(step, alpha, alpha_boost, warmup, ramp, quality_weight)
+        g = _gen(seed, step, 0)
+        idx = torch.randint(0, n, (batch_size,), generator=g)
+        x = images_train[idx].to(device)
+        m = torch.randint(0, 2, (batch_size, num_bits), generator=g).float().to(device)
+        layer.generator.manual_seed((seed * 1_000_003 + step) * 7 + 1)
+        model.train()
+        model.alpha = a_eff
+        x_w = model.embed_train(x, m)
+        logits = model.decode_train(layer(x_w) if attacks_on else x_w)
+        bit_loss = F.binary_cross_entropy_with_logits(logits, m)
+        q_loss = F.mse_loss(x_w, x) / a_eff ** 2
+        loss = bit_loss + qw * q_loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        running = {"loss": loss.item(), "bit_loss": bit_loss.item(), "q_loss": q_loss.item(),
+                   "train_bit_acc": ((logits > 0).float() == m).float().mean().item()}
+        done = step + 1
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(bit=f"{running['train_bit_acc']:.3f}", q=f"{running['q_loss']:.3f}")
+        elif callable(progress):
+            progress(done, steps, running)
+        if val_every and (done % val_every == 0) and done != steps:
+            record(done, a_eff)
+        if checkpoint_dir and checkpoint_every and done % checkpoint_every == 0 and done != steps:
+            model.alpha = alpha
+            _save_checkpoint(checkpoint_dir, done, model, opt, {"step": done, "seed": seed, "config": config})
+    if bar is not None:
+        bar.close()
+    if start < steps or not log or log[-1]["step"] != steps:
+        record(steps, a_eff)
+    model.alpha = alpha
+    if checkpoint_dir and start < steps:
+        _save_checkpoint(checkpoint_dir, steps, model, opt, {"step": steps, "seed": seed, "config": config})
+    model.train_config = config
+    return model.eval(), log
