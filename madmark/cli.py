@@ -7,6 +7,8 @@ import sys
 #: command → (module with ``main(args) -> int``, one line of help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("madmark.commands.run", "run or resume a self-consuming loop experiment (Hydra)"),
+    "train-watermark": ("madmark.commands.train_watermark",
+                        "train a learned watermarker and write its model card (Hydra)"),
     "embed": ("madmark.commands.embed", "watermark a folder of images into a new folder of PNGs"),
     "detect": ("madmark.commands.detect", "test a folder of images for a key's watermark (CSV)"),
     "eval-watermark": ("madmark.commands.eval_watermark",
