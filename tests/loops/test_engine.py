@@ -61,3 +61,12 @@ def test_checkpoints_load_with_weights_only(normal_source, tmp_path):
     record = torch.load(tmp_path / "g0001.pt", weights_only=True)
     assert set(record) == {"generation", "samples", "origin", "marked", "model", "row"}
     assert record["origin"].eq(1).all() and not record["marked"].any()
+
+
+def test_atomic_files_get_ordinary_permissions(tmp_path):
+    import os
+    from loops.checkpoint import atomic_write_text
+    atomic_write_text(tmp_path / "a.txt", "x")
+    with open(tmp_path / "b.txt", "w") as f:           # what a plain open() gives under this umask
+        f.write("x")
+    assert os.stat(tmp_path / "a.txt").st_mode == os.stat(tmp_path / "b.txt").st_mode
