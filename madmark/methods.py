@@ -2,11 +2,18 @@
 from __future__ import annotations
 
 from watermark import BaselineUnavailableError, DwtDct, DwtDctSvd, RivaGAN, SecretKey, SpreadSpectrum
+from watermark import load as load_card
 from watermark.base import Watermarker
+from watermark.cards import CARDS_DIR
 
 from madmark.errors import MadmarkError
 
 METHODS = ("spread_spectrum", "dwtdct", "dwtdctsvd", "rivagan")
+
+
+def card_names() -> list[str]:
+    """Names of the learned model cards shipped in watermark/cards/."""
+    return sorted(p.stem for p in CARDS_DIR.glob("*.yaml"))
 
 
 def build_method(name: str, key: SecretKey, height: int, width: int, bits: int = 32,
@@ -14,7 +21,15 @@ def build_method(name: str, key: SecretKey, height: int, width: int, bits: int =
     """The watermarker ``name`` for (height, width) images.
 
     ``strength``: residual RMS in [0, 1] pixel units for spread spectrum (≈ −20·log10 dB PSNR).
+    A learned model card (a name in watermark/cards/ or a path to a card .yaml) carries its own
+    bits and strength; ``bits`` and ``strength`` are then ignored.
     """
+    if name in card_names() or name.endswith((".yaml", ".yml")):
+        try:
+            return load_card(name)
+        except (OSError, ValueError, KeyError) as e:
+            raise MadmarkError(f"cannot load watermark card '{name}': {str(e).splitlines()[0]}",
+                               "pass a card name from watermark/cards/ or a card path") from e
     try:
         if name == "spread_spectrum":
             return SpreadSpectrum.for_image_size(key, height, width, num_bits=bits, alpha=strength)
@@ -24,7 +39,8 @@ def build_method(name: str, key: SecretKey, height: int, width: int, bits: int =
         raise MadmarkError(str(e).splitlines()[0], "pip install 'madmark[baselines]'") from e
     except ValueError as e:
         raise MadmarkError(f"method={name}: {e}", "change bits/strength or the method") from e
-    raise MadmarkError(f"unknown watermark method '{name}'", f"use method= one of {', '.join(METHODS)}")
+    raise MadmarkError(f"unknown watermark method '{name}'",
+                       f"use method= one of {', '.join(METHODS + tuple(card_names()))}")
 
 
 def secret_key(key: str, key_file: str) -> SecretKey:

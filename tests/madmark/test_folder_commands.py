@@ -74,3 +74,10 @@ def test_detect_never_overwrites_its_csv(photo_folder, tmp_path, capsys):
     existing.write_text("precious")
     assert main(["detect", str(photo_folder), "key=k", f"out={existing}"]) == 2
     assert existing.read_text() == "precious"
+
+
+def test_a_shipped_card_is_a_method_by_name():
+    from madmark.methods import build_method
+    from watermark import LearnedWatermarker, SecretKey
+    method = build_method("digits32", SecretKey("k"), 28, 28)
+    assert isinstance(method, LearnedWatermarker) and method.num_bits == 32
