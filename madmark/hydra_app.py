@@ -53,9 +53,20 @@ def report_error(error: BaseException) -> int:
     return 2
 
 
+def resume_overrides(args: list[str]) -> list[str]:
+    """With ``resume=<dir>``, continue in the recorded folder: Hydra's run dir becomes <dir> and
+    it writes no new ``.hydra/`` over the recorded one."""
+    resume = next((a.split("=", 1)[1] for a in args if a.startswith("resume=")), None)
+    if resume and resume != "null":
+        return [*args, f"hydra.run.dir={Path(resume)}", "hydra.output_subdir=null"]
+    return args
+
+
 def run_hydra(command: str, task: Callable[[DictConfig], None], args: list[str],
               config_name: str = "config") -> int:
-    """Run ``task`` under ``hydra.main`` with ``args`` as the command line overrides."""
+    """Run ``task`` under ``hydra.main`` with ``args`` as the command line overrides
+    (``resume=<dir>`` continues in that folder, see :func:`resume_overrides`)."""
+    args = resume_overrides(args)
     debug = any(a in ("debug=true", "debug=True") for a in args)
     try:
         check_group_overrides([a for a in args if not a.startswith("-")])

@@ -8,14 +8,13 @@ per attack × strength) and ``plots/bit_accuracy.png`` in the run directory.
 from __future__ import annotations
 
 import io
-import math
 
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from loops.checkpoint import atomic_write_bytes
+from loops.checkpoint import atomic_write_bytes, atomic_write_text
 from madmark.errors import MadmarkError
 from madmark.hydra_app import run_hydra
 from madmark.methods import build_method, secret_key
@@ -80,7 +79,6 @@ def evaluate(cfg: DictConfig) -> None:
     run.write_config(cfg)                    # holds key_file's path at most, never the key
     run.write_env(environment(int(cfg.seed), torch.device("cpu")))
     rows = robustness_rows(method, key, images, float(cfg.alpha), int(cfg.seed))
-    from loops.checkpoint import atomic_write_text
     atomic_write_text(run.path / "metrics.csv", rows_to_csv(rows))
     plot_bit_accuracy(rows, run.path / "plots" / "bit_accuracy.png")
     width = max(len(f"{r['attack']} {r['strength']}") for r in rows)

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import shutil
 import time
-from pathlib import Path
 
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, open_dict
 
 from loops.engine import LoopEngine, LoopSettings
 from loops.families import LoopFamily
@@ -142,8 +141,4 @@ def _run(cfg: DictConfig, run: RunDir, device: torch.device) -> list[dict]:
 
 
 def main(args: list[str]) -> int:
-    resume = next((a.split("=", 1)[1] for a in args if a.startswith("resume=")), None)
-    if resume and resume != "null":
-        # continue in the recorded folder; Hydra writes no new .hydra/ over the recorded one
-        args = [*args, f"hydra.run.dir={Path(resume)}", "hydra.output_subdir=null"]
     return run_hydra("run", run_loop, args)

@@ -10,7 +10,6 @@ JPEG-50 bit accuracy, PSNR on the data source's reference split, never trained o
 """
 from __future__ import annotations
 
-from pathlib import Path
 
 import torch
 from hydra.core.hydra_config import HydraConfig
@@ -56,7 +55,4 @@ def train(cfg: DictConfig) -> None:
 
 
 def main(args: list[str]) -> int:
-    resume = next((a.split("=", 1)[1] for a in args if a.startswith("resume=")), None)
-    if resume and resume != "null":
-        args = [*args, f"hydra.run.dir={Path(resume)}", "hydra.output_subdir=null"]
     return run_hydra("train-watermark", train, args, config_name="train_watermark")
