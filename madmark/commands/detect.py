@@ -8,8 +8,6 @@ Unreadable files are listed with the reason and skipped.
 """
 from __future__ import annotations
 
-import csv
-import io
 import json
 import sys
 from pathlib import Path
@@ -22,6 +20,7 @@ from madmark.errors import MadmarkError
 from madmark.folder_io import group_by_shape, list_images, read_image
 from madmark.hydra_app import report_error
 from madmark.methods import build_method, secret_key
+from madmark.rundir import rows_to_csv
 from watermark import Detector
 
 OPTIONS = {"key": "", "key_file": "", "alpha": 0.01, "out": "", "method": "", "bits": 0,
@@ -81,11 +80,7 @@ def main(args: list[str]) -> int:
         rows = detect_folder(folder, opts)
     except MadmarkError as e:
         return report_error(e)
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(out, buffer.getvalue())
+    atomic_write_text(out, rows_to_csv([{c: row.get(c, "") for c in COLUMNS} for row in rows]))
     for row in rows:
         if row["status"] == "unreadable":
             print(f"skipped {row['path']}: {row['reason']}", file=sys.stderr)

@@ -7,8 +7,6 @@ the key). Inputs are only read; unreadable files are listed with the reason and 
 """
 from __future__ import annotations
 
-import csv
-import io
 import json
 import sys
 from pathlib import Path
@@ -21,6 +19,7 @@ from madmark.errors import MadmarkError
 from madmark.folder_io import group_by_shape, list_images, read_image, write_png
 from madmark.hydra_app import report_error
 from madmark.methods import build_method, secret_key
+from madmark.rundir import rows_to_csv
 from watermark import psnr
 
 OPTIONS = {"key": "", "key_file": "", "method": "spread_spectrum", "bits": 32, "strength": 0.01,
@@ -56,12 +55,7 @@ def embed_folder(in_dir: Path, out_dir: Path, opts: dict) -> dict:
                 write_png(out_dir / rel, x_w[j])
                 rows[i].update(output=str(rel), status="embedded", reason="",
                                psnr_db=f"{float(quality[j]):.2f}")
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=["input", "output", "status", "reason", "psnr_db"],
-                            lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows[i] for i in sorted(rows))
-    atomic_write_text(out_dir / "manifest.csv", buffer.getvalue())
+    atomic_write_text(out_dir / "manifest.csv", rows_to_csv(rows[i] for i in sorted(rows)))
     info = {"method": opts["method"], "bits": opts["bits"], "strength": opts["strength"],
             "key_fingerprint": key.fingerprint, "n_embedded":
             sum(r["status"] == "embedded" for r in rows.values()),
