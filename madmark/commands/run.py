@@ -84,12 +84,11 @@ def run_loop(cfg: DictConfig) -> list[dict]:
         rows = [run.checkpoints.load(t)["row"] for t in run.checkpoints.finished()]
         print(format_table(rows, TABLE, SETTINGS))
         return rows
-    started = len(run.checkpoints.finished())
     try:
         return _run(cfg, run, device)
     except BaseException as error:
         done = len(run.checkpoints.finished())
-        if not resumed and done == 0 and started == 0 and not isinstance(error, KeyboardInterrupt):
+        if not resumed and done == 0 and not isinstance(error, KeyboardInterrupt):
             shutil.rmtree(run.path, ignore_errors=True)   # nothing finished: leave no husk
         else:
             run.write_status("failed", generations_done=done, error=str(error).splitlines()[0]
