@@ -24,10 +24,22 @@ class GenerativeModel(ABC):
     #: Data kinds the model accepts: "vector", "image" or both.
     accepts: tuple[str, ...] = ("vector", "image")
 
+    @property
+    def conditional(self) -> bool:
+        """True when the fitted model samples given class labels (``num_classes > 0``)."""
+        return self.num_classes > 0
+
+    #: Number of classes a conditional model was fitted on (0 = unconditional).
+    num_classes: int = 0
+
     @abstractmethod
     def fit(self, x: torch.Tensor, generator: torch.Generator,
-            progress: Optional[ProgressFn] = None) -> dict[str, float]:
+            progress: Optional[ProgressFn] = None,
+            labels: Optional[torch.Tensor] = None) -> dict[str, float]:
         """Train from scratch on ``x`` ((N, D) or (N, C, H, W)).
+
+        ``labels``: int64 (N,) class labels of the pool, or None. Unconditional models ignore them;
+        a :attr:`conditional` model trains on them.
 
         ``generator`` (on x's device) is the only source of randomness, so a generation is
         reproducible from its seed. Returns fit statistics (floats) for the generation's row;
@@ -36,8 +48,12 @@ class GenerativeModel(ABC):
 
     @abstractmethod
     def sample(self, n: int, bias: float = 1.0,
-               generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        """Draw ``n`` samples with sampling bias λ = ``bias`` ∈ (0, 1]; shape (n, *data_shape)."""
+               generator: Optional[torch.Generator] = None,
+               labels: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Draw ``n`` samples with sampling bias λ = ``bias`` ∈ (0, 1]; shape (n, *data_shape).
+
+        ``labels``: int64 (n,) classes to condition on (conditional models; the engine draws them
+        uniformly and keeps them as the samples' labels), ignored by unconditional models."""
 
     @abstractmethod
     def state_dict(self) -> dict[str, torch.Tensor]:

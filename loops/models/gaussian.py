@@ -67,7 +67,8 @@ class GaussianModel(GenerativeModel):
 
     # ------------------------------------------------------------------ fit
     def fit(self, x: torch.Tensor, generator: Optional[torch.Generator] = None,
-            progress: Optional[ProgressFn] = None) -> dict[str, float]:
+            progress: Optional[ProgressFn] = None,
+            labels: Optional[torch.Tensor] = None) -> dict[str, float]:
         """Estimate μ̂, Σ̂ from x (n, D) or (B, n, D); deterministic (``generator`` unused).
 
         Returns ``mean_norm`` (‖μ̂‖), ``trace_cov`` (tr Σ̂), ``logdet_cov`` (ln det Σ̂, −inf if
@@ -103,7 +104,8 @@ class GaussianModel(GenerativeModel):
 
     # --------------------------------------------------------------- sample
     def sample(self, n: int, bias: float = 1.0,
-               generator: Optional[torch.Generator] = None) -> torch.Tensor:
+               generator: Optional[torch.Generator] = None,
+               labels: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Draw n samples from N(μ̂, λΣ̂): (n, D), or (B, n, D) per chain if fitted batched."""
         self._require_fitted()
         lam = check_bias(bias)

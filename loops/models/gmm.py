@@ -107,7 +107,8 @@ class GMMModel(GenerativeModel):
 
     # ------------------------------------------------------------------ fit
     def fit(self, x: torch.Tensor, generator: torch.Generator,
-            progress: Optional[ProgressFn] = None) -> dict[str, float]:
+            progress: Optional[ProgressFn] = None,
+            labels: Optional[torch.Tensor] = None) -> dict[str, float]:
         """EM on x (N, D). Returns ``log_likelihood`` (mean per sample, nats, under the final
         parameters), ``n_iter`` and ``converged`` (1.0 if |Δ log-likelihood| < tol)."""
         if x.ndim != 2:
@@ -146,7 +147,8 @@ class GMMModel(GenerativeModel):
 
     # --------------------------------------------------------------- sample
     def sample(self, n: int, bias: float = 1.0,
-               generator: Optional[torch.Generator] = None) -> torch.Tensor:
+               generator: Optional[torch.Generator] = None,
+               labels: Optional[torch.Tensor] = None) -> torch.Tensor:
         """n samples (n, D): component k ~ Cat(w), then N(μ_k, λΣ_k); in the fitted dtype."""
         self._require_fitted()
         lam = check_bias(bias)

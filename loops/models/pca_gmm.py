@@ -59,7 +59,8 @@ class PCAGMMModel(GenerativeModel):
         self._dtype = torch.get_default_dtype()
 
     def fit(self, x: torch.Tensor, generator: torch.Generator,
-            progress: Optional[ProgressFn] = None) -> dict[str, float]:
+            progress: Optional[ProgressFn] = None,
+            labels: Optional[torch.Tensor] = None) -> dict[str, float]:
         """PCA on flattened x, then EM on the latent codes.
 
         Latent dimension k = min(n_components, F, N − 1). Returns
@@ -87,7 +88,8 @@ class PCAGMMModel(GenerativeModel):
                 **{f"gmm_{key}": val for key, val in gstats.items()}}
 
     def sample(self, n: int, bias: float = 1.0,
-               generator: Optional[torch.Generator] = None) -> torch.Tensor:
+               generator: Optional[torch.Generator] = None,
+               labels: Optional[torch.Tensor] = None) -> torch.Tensor:
         """n samples (n, *fitted shape); images clamped to [0, 1]; in the fitted dtype."""
         self._require_fitted()
         z = self.gmm.sample(n, bias, generator).to(torch.float64)     # (n, k), λ applied there
