@@ -55,7 +55,8 @@ def atomic_torch_save(path: str | Path, obj: Any) -> None:
 class Checkpoints:
     """A folder of ``g<t>.pt`` files, one per finished generation.
 
-    Each holds ``{"generation": t, "samples": S_t, "origin", "marked", "model": state_dict,
+    Each holds ``{"generation": t, "samples": S_t as it enters later pools (marked where the
+    watermark stage ran), "origin", "marked", "label" (-1 = none), "model": state_dict,
     "row": the generation's results row}``. A file exists only once its generation finished.
     """
 

@@ -2,10 +2,12 @@
 
 One generation t (DESIGN.md):
     pool_t  = family.compose(t, real, history)     real and synthetic, with provenance
-    model_t = new model, fit(pool_t.x)              trained from scratch
-    S_t     = model_t.sample(n_s, bias=λ)
-    row_t   = pool composition + fit stats + evaluators(S_t)
-    history.append(S_t); checkpoint g<t> atomically; hooks(t, S_t, row_t)
+    pool_t  = filter(t, pool_t)                     optional: drop what the detector flags
+    model_t = new model, fit(pool_t.x, labels)      trained from scratch
+    S_t     = model_t.sample(n_s, bias=λ)           conditional models: uniformly drawn labels
+    row_t   = pool composition + filter and fit stats + evaluators(S_t)   (S_t unmarked)
+    S_t'    = watermark(t, S_t)                     optional: what enters later pools is marked
+    history.append(S_t'); checkpoint g<t> atomically; hooks(t, S_t, rows)
 
 The engine knows nothing of data files, configs or run directories: it gets real data as tensors
 and callables, and writes only to its :class:`~loops.checkpoint.Checkpoints`.
@@ -23,6 +25,7 @@ from loops.families import LoopFamily
 from loops.models.base import GenerativeModel, ProgressFn
 from loops.pool import Pool
 from loops.seeding import generator
+from loops.stages import FilterStage, WatermarkStage
 
 Row = dict[str, Any]
 #: ``evaluator(t, samples, model) -> dict`` adds metric columns to generation t's row.
@@ -33,7 +36,10 @@ Hook = Callable[[int, torch.Tensor, list[Row]], None]
 
 
 class RealSource(Protocol):
-    """What the engine needs of a data source (see ``madmark.data.base.DataSource``)."""
+    """What the engine needs of a data source (see ``madmark.data.base.DataSource``).
+
+    A source may also have ``draw_real_labeled(n, generator) -> (x, labels or None)``; the engine
+    then keeps the class labels of real samples (conditional models train on them)."""
 
     def draw_real(self, n: int, generator: torch.Generator) -> torch.Tensor: ...
 
@@ -89,6 +95,8 @@ class LoopEngine:
         evaluators: add metric columns to each row, computed on the unmarked samples S_t.
         hooks: run after each generation is checkpointed.
         progress: ``progress(t) -> ProgressFn`` builds a fit progress callback for generation t.
+        watermark: optional stage marking the pooled part of S_t before it enters later pools.
+        filter: optional stage dropping flagged pool samples before each fit.
     """
 
     source: RealSource
@@ -100,6 +108,8 @@ class LoopEngine:
     evaluators: list[Evaluator] = field(default_factory=list)
     hooks: list[Hook] = field(default_factory=list)
     progress: Optional[Callable[[int], Optional[ProgressFn]]] = None
+    watermark: Optional[WatermarkStage] = None
+    filter: Optional[FilterStage] = None
 
     def __post_init__(self):
         self.settings.validate(self.family)
@@ -108,8 +118,12 @@ class LoopEngine:
     # -- real data ---------------------------------------------------------------------------
     def _draw_real(self, t: int) -> Pool:
         g = generator(self.settings.seed, t, "real")
-        x = self.source.draw_real(self.settings.n_real, g)
-        return Pool.real(x.to(self.device))
+        draw = getattr(self.source, "draw_real_labeled", None)
+        if draw is None:
+            x, labels = self.source.draw_real(self.settings.n_real, g), None
+        else:
+            x, labels = draw(self.settings.n_real, g)
+        return Pool.real(x.to(self.device), None if labels is None else labels.to(self.device))
 
     def fixed_real(self) -> Pool:
         """The real set of generation 1 (and of every generation of synthetic augmentation)."""
@@ -123,7 +137,8 @@ class LoopEngine:
         history, rows = [], []
         for t in self.checkpoints.finished():
             record = self.checkpoints.load(t, map_location=self.device)
-            synthetic = Pool(record["samples"], record["origin"], record["marked"])
+            synthetic = Pool(record["samples"], record["origin"], record["marked"],
+                             record.get("label"))
             history.append(synthetic.subset(self._pooled(len(synthetic))))
             rows.append(record["row"])
         return history, rows
@@ -132,8 +147,8 @@ class LoopEngine:
         """Run generations after the last finished one; returns the rows of all generations."""
         history, rows = self.resume_state()
         for t in range(len(rows) + 1, self.settings.generations + 1):
-            samples, row = self.generation(t, history)
-            history.append(Pool.synthetic(samples, t).subset(self._pooled(len(samples))))
+            samples, produced, row = self.generation(t, history)
+            history.append(produced.subset(self._pooled(len(produced))))
             rows.append(row)
             for hook in self.hooks:
                 hook(t, samples, rows)
@@ -146,18 +161,33 @@ class LoopEngine:
         keep[:self.settings.n_synthetic] = True
         return keep
 
-    def generation(self, t: int, history: list[Pool]) -> tuple[torch.Tensor, Row]:
-        """Compose, fit, sample, evaluate and checkpoint generation ``t``."""
+    def generation(self, t: int, history: list[Pool]) -> tuple[torch.Tensor, Pool, Row]:
+        """Compose, filter, fit, sample, evaluate, mark and checkpoint generation ``t``.
+
+        Returns the unmarked samples S_t (n, ...), S_t as it enters later pools (marked where the
+        watermark stage ran, with provenance and labels), and the generation's row.
+        """
         s = self.settings
         pool = self.family.compose(t, self.fixed_real(), self._draw_real, history)
         row: Row = {"generation": t, "family": self.family.family, "history": self.family.history,
-                    "bias": s.bias, **pool.composition()}
+                    "bias": s.bias}
+        filter_stats = {}
+        if self.filter is not None:
+            pool, filter_stats = self.filter(t, pool)
+        row.update(pool.composition())
+        row.update(filter_stats)
         model = self.make_model()
         progress = self.progress(t) if self.progress else None
-        fit_stats = model.fit(pool.x, generator(s.seed, t, "fit", self.device), progress)
+        fit_stats = model.fit(pool.x, generator(s.seed, t, "fit", self.device), progress,
+                              labels=pool.labels())
         row.update({f"fit_{k}": v for k, v in fit_stats.items()})
         n_sample = s.n_synthetic if s.n_synthetic > 0 else s.n_real
-        samples = model.sample(n_sample, bias=s.bias,
+        labels, conditioning = None, {}
+        if model.conditional:
+            labels = torch.randint(model.num_classes, (n_sample,), device=self.device,
+                                   generator=generator(s.seed, t, "labels", self.device))
+            conditioning = {"labels": labels}
+        samples = model.sample(n_sample, bias=s.bias, **conditioning,
                                generator=generator(s.seed, t, "sample", self.device))
         if not torch.isfinite(samples).all():
             raise LoopError(f"generation {t}: the {type(model).__name__} produced non-finite "
@@ -166,9 +196,17 @@ class LoopEngine:
                             "loop.n_synthetic)")
         for evaluate in self.evaluators:
             row.update(evaluate(t, samples, model))
-        self.checkpoints.save(t, {"generation": t, "samples": samples.cpu(),
-                                  "origin": torch.full((len(samples),), t, dtype=torch.long),
-                                  "marked": torch.zeros(len(samples), dtype=torch.bool),
+        produced = Pool.synthetic(samples, t, label=labels)
+        if self.watermark is not None:
+            pooled = self._pooled(len(samples))
+            marked_x, wm_stats = self.watermark(t, samples[pooled])
+            x = samples.clone()
+            x[pooled] = marked_x.to(x.dtype)
+            produced = Pool(x, produced.origin, pooled.clone(), produced.label)
+            row.update(wm_stats)
+        self.checkpoints.save(t, {"generation": t, "samples": produced.x.cpu(),
+                                  "origin": produced.origin.cpu(), "marked": produced.marked.cpu(),
+                                  "label": produced.label.cpu(),
                                   "model": {k: v.cpu() for k, v in model.state_dict().items()},
                                   "row": row})
-        return samples, row
+        return samples, produced, row

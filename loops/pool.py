@@ -5,8 +5,12 @@ Provenance is ground truth for *measuring* the filter and the loop; it is never 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
+
+#: label of a sample whose class is unknown (unlabelled data, or drawn by an unconditional model)
+NO_LABEL = -1
 
 
 @dataclass
@@ -17,48 +21,59 @@ class Pool:
         x: (N, D) vectors or (N, C, H, W) images.
         origin: int64 (N,): 0 = real, t = synthetic from generation t.
         marked: bool (N,): the sample carries a watermark.
+        label: int64 (N,) class labels, :data:`NO_LABEL` (-1) where unknown; all -1 when omitted.
     """
 
     x: torch.Tensor
     origin: torch.Tensor
     marked: torch.Tensor
+    label: Optional[torch.Tensor] = None
 
     def __post_init__(self):
         n = len(self.x)
-        if self.origin.shape != (n,) or self.marked.shape != (n,):
-            raise ValueError(f"provenance shapes {tuple(self.origin.shape)}, {tuple(self.marked.shape)} "
-                             f"do not match {n} samples")
+        if self.label is None:
+            self.label = torch.full((n,), NO_LABEL, dtype=torch.long, device=self.x.device)
+        if self.origin.shape != (n,) or self.marked.shape != (n,) or self.label.shape != (n,):
+            raise ValueError(f"provenance shapes {tuple(self.origin.shape)}, {tuple(self.marked.shape)}, "
+                             f"{tuple(self.label.shape)} do not match {n} samples")
 
     def __len__(self) -> int:
         return len(self.x)
 
     @classmethod
-    def real(cls, x: torch.Tensor) -> "Pool":
-        """Real, unmarked samples (origin 0)."""
+    def real(cls, x: torch.Tensor, label: Optional[torch.Tensor] = None) -> "Pool":
+        """Real, unmarked samples (origin 0), with their class labels if known."""
         n = len(x)
         return cls(x, torch.zeros(n, dtype=torch.long, device=x.device),
-                   torch.zeros(n, dtype=torch.bool, device=x.device))
+                   torch.zeros(n, dtype=torch.bool, device=x.device), label)
 
     @classmethod
-    def synthetic(cls, x: torch.Tensor, generation: int, marked: bool = False) -> "Pool":
-        """Samples drawn from the model of ``generation`` (origin = generation)."""
+    def synthetic(cls, x: torch.Tensor, generation: int, marked: bool = False,
+                  label: Optional[torch.Tensor] = None) -> "Pool":
+        """Samples drawn from the model of ``generation`` (origin = generation), with the labels
+        they were conditioned on (conditional models)."""
         n = len(x)
         return cls(x, torch.full((n,), generation, dtype=torch.long, device=x.device),
-                   torch.full((n,), marked, dtype=torch.bool, device=x.device))
+                   torch.full((n,), marked, dtype=torch.bool, device=x.device), label)
 
     @classmethod
     def cat(cls, pools: list["Pool"]) -> "Pool":
         if not pools:
             raise ValueError("cannot concatenate an empty list of pools")
         return cls(torch.cat([p.x for p in pools]), torch.cat([p.origin for p in pools]),
-                   torch.cat([p.marked for p in pools]))
+                   torch.cat([p.marked for p in pools]), torch.cat([p.label for p in pools]))
 
     def subset(self, keep: torch.Tensor) -> "Pool":
         """The samples where the boolean mask ``keep`` (N,) is true."""
-        return Pool(self.x[keep], self.origin[keep], self.marked[keep])
+        return Pool(self.x[keep], self.origin[keep], self.marked[keep], self.label[keep])
 
     def to(self, device: torch.device | str) -> "Pool":
-        return Pool(self.x.to(device), self.origin.to(device), self.marked.to(device))
+        return Pool(self.x.to(device), self.origin.to(device), self.marked.to(device),
+                    self.label.to(device))
+
+    def labels(self) -> Optional[torch.Tensor]:
+        """The class labels (N,) when every sample has one, else None (what a model's fit takes)."""
+        return self.label if len(self) and bool((self.label >= 0).all()) else None
 
     def composition(self) -> dict[str, float | int | str]:
         """Counts by origin for a generation's row: n_pool, n_real, n_synthetic, n_marked,

@@ -11,6 +11,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
                         "train a learned watermarker and write its model card (Hydra)"),
     "embed": ("madmark.commands.embed", "watermark a folder of images into a new folder of PNGs"),
     "detect": ("madmark.commands.detect", "test a folder of images for a key's watermark (CSV)"),
+    "filter": ("madmark.commands.filter",
+               "split a dataset into kept and flagged lists by watermark detection"),
     "eval-watermark": ("madmark.commands.eval_watermark",
                        "robustness table of a watermark method under the attack grid (Hydra)"),
     "report": ("madmark.commands.report", "rewrite a run's report.md and plots from results.csv"),

@@ -1,6 +1,13 @@
-"""report.md and plots/metrics.png of a run, regenerated from results.csv alone.
+"""report.md and plots/*.png of a run, regenerated from results.csv alone.
 
     madmark report <run_dir>
+
+report.md: the loop and fidelity table (:data:`TABLE`). When the run has a watermark or filter
+stage, the key table comes first (:data:`KEY_TABLE`: fidelity, inheritance, artifact energy and
+growth, filter TPR/FPR, real fraction), then the loop and fidelity, watermark
+(:data:`WATERMARK_TABLE`) and filter (:data:`FILTER_TABLE`) tables. Plots: ``plots/metrics.png``
+(:data:`PLOTTED`) and, with watermark columns, ``plots/artifacts.png`` (:data:`ARTIFACT_PANELS`).
+Absent columns are skipped everywhere. Sweeps of runs: :mod:`madmark.sweep_report`.
 """
 from __future__ import annotations
 
@@ -8,20 +15,60 @@ import io
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Union
 
 from loops.checkpoint import atomic_write_bytes, atomic_write_text
 
 #: metrics plotted against generation, in panel order (absent columns are skipped)
 PLOTTED = ("precision", "recall", "density", "coverage", "fid", "kid", "spread_ratio",
            "w2_to_true", "logdet_cov")
-#: columns of the markdown table (absent ones are skipped)
+#: columns of the loop and fidelity table (absent ones are skipped)
 TABLE = ("generation", "n_pool", "real_fraction", "origin_counts", "precision", "recall",
          "density", "coverage", "fid", "kid", "spread_ratio", "w2_to_true", "logdet_cov",
          "trace_cov")
 #: columns naming what the metrics were computed on (constant over a run)
 SETTINGS = ("features", "n_real_eval", "n_fake_eval", "k", "kid_subsets", "kid_subset_size",
             "spread_n_reference", "moments_from")
+#: watermark and artifact columns (inheritance and artifacts: on the unmarked samples S_t)
+WATERMARK_TABLE = ("generation", "wm_psnr", "inherit_bit_acc", "inherit_detect_rate",
+                   "inherit_log10p_median", "artifact_energy", "artifact_energy_se",
+                   "artifact_energy_growth", "band_energy_ratio", "band_energy_ratio_growth")
+#: filter columns (the filter runs on the pool before generation t is fitted; real_fraction and
+#: n_pool describe the pool after it)
+FILTER_TABLE = ("generation", "filter_n_in", "filter_synth_caught", "filter_synth_missed",
+                "filter_tpr", "filter_real_dropped", "filter_real_drop_rate",
+                "real_fraction_before", "real_fraction", "n_pool")
+#: settings of the watermark metrics (constant over a run)
+WATERMARK_SETTINGS = ("wm_method", "wm_bits", "wm_alpha", "artifact_n_probe",
+                      "artifact_band_fraction", "growth_baseline")
+#: the key table of report.md when watermark/filter columns exist (filter FPR =
+#: filter_real_drop_rate, growth = artifact_energy_growth)
+KEY_TABLE = ("generation", "real_fraction", "precision", "recall", "density", "coverage", "fid",
+             "inherit_bit_acc", "inherit_detect_rate", "artifact_energy", "artifact_energy_growth",
+             "filter_tpr", "filter_real_drop_rate")
+#: the table printed after a run: at most 12 of these exist in any run (vector or image data,
+#: with or without watermark and filter stages)
+CONSOLE_TABLE = ("generation", "n_pool", "real_fraction", "precision", "recall", "coverage",
+                 "fid", "spread_ratio", "w2_to_true", "logdet_cov", "inherit_detect_rate",
+                 "artifact_energy_growth", "filter_tpr", "filter_real_drop_rate")
+#: panels of plots/artifacts.png: (title, ((column, legend), ...), reference line: a value, a
+#: column whose first value is used, or None); a column ``<c>_se`` next to ``<c>`` is drawn as
+#: ±2·se error bars
+ARTIFACT_PANELS = (
+    ("inheritance: bit accuracy", (("inherit_bit_acc", "bit accuracy on S_t"),), 0.5),
+    ("inheritance: detection rate", (("inherit_detect_rate", "detected on S_t"),), "wm_alpha"),
+    ("artifact energy (watermark layers)", (("artifact_energy", "artifact energy"),), 0.0),
+    ("band energy ratio (vs real data)", (("band_energy_ratio", "band energy ratio"),), 1.0),
+    ("growth factors", (("artifact_energy_growth", "artifact energy"),
+                        ("band_energy_ratio_growth", "band energy ratio")), 1.0),
+    ("filter", (("filter_tpr", "TPR (synthetic caught)"),
+                ("filter_real_drop_rate", "FPR (real dropped)")), None),
+    ("real fraction of the pool", (("real_fraction_before", "before filter"),
+                                   ("real_fraction", "trained on")), None),
+)
+#: columns whose presence means the run has a watermark or filter stage
+WATERMARK_COLUMNS = tuple(c for c in WATERMARK_TABLE + FILTER_TABLE
+                          if c not in ("generation", "real_fraction", "n_pool"))
 
 
 def _number(value: Any) -> float | None:
@@ -46,29 +93,59 @@ def markdown_table(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> str:
     return "\n".join(lines)
 
 
-def plot_metrics(rows: list[dict[str, Any]], path: Path, title: str = "") -> bool:
-    """One panel per metric in :data:`PLOTTED` against generation; False if nothing to plot."""
+def _series(rows: list[dict[str, Any]], name: str) -> list[tuple[float, float, float]]:
+    """(generation, value, se) of the rows where both are numbers (se NaN when absent)."""
+    points = []
+    for r in rows:
+        g, v = _number(r.get("generation")), _number(r.get(name))
+        if g is not None and v is not None:
+            se = _number(r.get(f"{name}_se"))
+            points.append((g, v, math.nan if se is None else se))
+    return points
+
+
+Panel = tuple[str, tuple[tuple[str, str], ...], Union[float, str, None]]
+
+
+def plot_panels(rows: list[dict[str, Any]], panels: tuple[Panel, ...], path: Path,
+                title: str = "") -> bool:
+    """One panel per entry of ``panels`` with data (see :data:`ARTIFACT_PANELS`), against
+    generation, written atomically to ``path``; False (and nothing written) if no panel has data."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
-    series = {}
-    for name in PLOTTED:
-        points = [(_number(r.get("generation")), _number(r.get(name))) for r in rows]
-        points = [(g, v) for g, v in points if g is not None and v is not None]
-        if points:
-            series[name] = points
-    if not series:
+    present = [(name, [(col, label, _series(rows, col)) for col, label in lines], ref)
+               for name, lines, ref in panels]
+    present = [(name, [ln for ln in lines if ln[2]], ref) for name, lines, ref in present]
+    present = [p for p in present if p[1]]
+    if not present:
         return False
-    cols = min(3, len(series))
-    nrows = math.ceil(len(series) / cols)
+    cols = min(3, len(present))
+    nrows = math.ceil(len(present) / cols)
     fig, axes = plt.subplots(nrows, cols, figsize=(4 * cols, 3 * nrows), squeeze=False)
-    for ax, (name, points) in zip(axes.flat, series.items()):
-        ax.plot([g for g, _ in points], [v for _, v in points], marker="o")
-        ax.set_title(name)
+    for ax, (name, lines, ref) in zip(axes.flat, present):
+        bars = False
+        for col, label, points in lines:
+            g, v, se = zip(*points)
+            if any(math.isfinite(e) for e in se):
+                ax.errorbar(g, v, yerr=[2 * e if math.isfinite(e) else 0 for e in se],
+                            marker="o", capsize=3, label=label)
+                bars = True
+            else:
+                ax.plot(g, v, marker="o", label=label)
+        if isinstance(ref, str):
+            ref = _number(rows[0].get(ref)) if rows else None
+        if ref is not None:
+            ax.axhline(ref, color="grey", linestyle=":", linewidth=1)
+        if len(lines) > 1:
+            ax.legend(fontsize="small")
+        ax.set_title(f"{name} ±2 se" if bars else name)
         ax.set_xlabel("generation")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(series):]:
+    for ax in list(axes.flat)[len(present):]:
         ax.axis("off")
     if title:
         fig.suptitle(title)
@@ -80,26 +157,69 @@ def plot_metrics(rows: list[dict[str, Any]], path: Path, title: str = "") -> boo
     return True
 
 
+def plot_metrics(rows: list[dict[str, Any]], path: Path, title: str = "") -> bool:
+    """One panel per metric in :data:`PLOTTED` against generation; False if nothing to plot."""
+    return plot_panels(rows, tuple((name, ((name, name),), None) for name in PLOTTED), path,
+                       title)
+
+
+def has_watermark_columns(rows: list[dict[str, Any]]) -> bool:
+    return any(r.get(c, "") != "" for r in rows for c in WATERMARK_COLUMNS)
+
+
+def _settings_line(first: dict[str, Any], columns: tuple[str, ...]) -> str:
+    return ", ".join(f"{c} = {first[c]}" for c in columns if first.get(c, "") != "")
+
+
+def watermark_settings_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """What the watermark and filter columns are computed on (report.md's header lines)."""
+    settings = _settings_line(rows[0], WATERMARK_SETTINGS)
+    lines = ["- watermark metrics computed on: " + (settings + "; " if settings else "")
+             + "inheritance (bit accuracy, detection rate at wm_alpha) and artifact energy on the "
+               "unmarked samples S_t, before the watermark stage; growth = value ÷ value at "
+               "generation growth_baseline; wm_psnr: marked vs unmarked pooled samples"]
+    if any(r.get("filter_n_in", "") != "" for r in rows):
+        lines.append("- filter: runs on the pool before generation t is fitted; TPR = filter_tpr "
+                     "(synthetic samples caught), FPR = filter_real_drop_rate (real samples "
+                     "dropped); real_fraction and n_pool describe the pool after it")
+    return lines
+
+
 def write_report(run_dir: str | Path) -> Path:
-    """Write ``report.md`` and ``plots/metrics.png`` from ``results.csv``; returns report.md."""
+    """Write ``report.md``, ``plots/metrics.png`` and (with watermark or filter columns)
+    ``plots/artifacts.png`` from ``results.csv``; returns report.md."""
     from madmark.rundir import read_csv
 
     run_dir = Path(run_dir)
+    name = run_dir.resolve().name
     rows = read_csv(run_dir / "results.csv")
     status_path = run_dir / "status.json"
     status = json.loads(status_path.read_text()) if status_path.is_file() else {}
     first = rows[0] if rows else {}
-    lines = [f"# madmark run report: {run_dir.name}", ""]
+    watermarked = has_watermark_columns(rows)
+    lines = [f"# madmark run report: {name}", ""]
     lines.append(f"- loop: {first.get('family', '?')} ({first.get('history', '?')}), "
                  f"bias λ = {first.get('bias', '?')}, generations finished: {len(rows)}"
                  + (f" of {status['generations']}" if "generations" in status else "")
                  + f", status: {status.get('state', 'unknown')}")
-    settings = [f"{c} = {first[c]}" for c in SETTINGS if first.get(c, "") != ""]
+    settings = _settings_line(first, SETTINGS)
     if settings:
-        lines.append("- metrics computed on: " + ", ".join(settings))
-    lines += ["", markdown_table(rows, TABLE), ""]
-    if plot_metrics(rows, run_dir / "plots" / "metrics.png", title=run_dir.name):
+        lines.append("- metrics computed on: " + settings)
+    if watermarked:
+        lines += watermark_settings_lines(rows)
+    lines += ["", markdown_table(rows, KEY_TABLE if watermarked else TABLE), ""]
+    if plot_metrics(rows, run_dir / "plots" / "metrics.png", title=name):
         lines += ["![metrics against generation](plots/metrics.png)", ""]
+    if watermarked:
+        if plot_panels(rows, ARTIFACT_PANELS, run_dir / "plots" / "artifacts.png",
+                       title=name):
+            lines += ["![watermark inheritance, artifacts and filter against generation]"
+                      "(plots/artifacts.png)", ""]
+        lines += ["## Loop and fidelity", "", markdown_table(rows, TABLE), ""]
+        for name, table in (("Watermark and artifacts", WATERMARK_TABLE),
+                            ("Filter", FILTER_TABLE)):
+            if any(r.get(c, "") != "" for r in rows for c in table if c in WATERMARK_COLUMNS):
+                lines += [f"## {name}", "", markdown_table(rows, table), ""]
     grids = sorted((run_dir / "samples").glob("g*.png"))
     if grids:
         lines.append("Samples: " + ", ".join(f"[{p.stem}](samples/{p.name})" for p in grids))

@@ -1,7 +1,9 @@
 """Generative models of the loop: fit from scratch on a pool, sample with bias λ ∈ (0, 1]."""
 from .base import GenerativeModel, ProgressFn
+from .ddpm import DDPMModel
 from .gaussian import GaussianModel
 from .gmm import GMMModel
 from .pca_gmm import PCAGMMModel
 
-__all__ = ["GenerativeModel", "ProgressFn", "GaussianModel", "GMMModel", "PCAGMMModel"]
+__all__ = ["GenerativeModel", "ProgressFn", "DDPMModel", "GaussianModel", "GMMModel",
+           "PCAGMMModel"]

@@ -11,22 +11,25 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Callable, Optional
 
 import torch
 
 from loops.checkpoint import atomic_write_text
 from madmark.commands.options import parse
 from madmark.errors import MadmarkError
-from madmark.folder_io import group_by_shape, list_images, read_image
+from madmark.folder_io import LoadedImage, group_by_shape, list_images, read_image
 from madmark.hydra_app import report_error
 from madmark.methods import build_method, secret_key
 from madmark.rundir import rows_to_csv
-from watermark import Detector
+from watermark import Detector, SecretKey
 
 OPTIONS = {"key": "", "key_file": "", "alpha": 0.01, "out": "", "method": "", "bits": 0,
            "strength": 0.0, "batch_size": 64}
 COLUMNS = ["path", "status", "reason", "matched_bits", "num_bits", "bit_accuracy", "p_value",
            "flagged"]
+#: called with (shape (C, H, W), detector) before a shape group is tested
+Prepare = Callable[[tuple, Detector], None]
 
 
 def method_settings(folder: Path, opts: dict) -> dict:
@@ -40,22 +43,34 @@ def method_settings(folder: Path, opts: dict) -> dict:
             "strength": opts["strength"] or recorded.get("strength", 0.01)}
 
 
-def detect_folder(folder: Path, opts: dict) -> list[dict]:
+def check_alpha(alpha: float) -> None:
+    if not 0 < alpha < 1:
+        raise MadmarkError(f"alpha={alpha} is outside (0, 1)", "set alpha=0.01 or similar")
+
+
+def read_folder(folder: Path, role: str = "folder") -> list[LoadedImage]:
+    """Every image file under ``folder`` (recursive, sorted); unreadable ones carry their error."""
     if not folder.is_dir():
-        raise MadmarkError(f"folder {folder} does not exist", "pass a folder of images")
-    if not 0 < opts["alpha"] < 1:
-        raise MadmarkError(f"alpha={opts['alpha']} is outside (0, 1)", "set alpha=0.01 or similar")
-    key = secret_key(opts["key"], opts["key_file"])
-    settings = method_settings(folder, opts)
+        raise MadmarkError(f"{role} {folder} does not exist", "pass a folder of images")
     paths = list_images(folder)
     if not paths:
         raise MadmarkError(f"no images found under {folder}", "pass a folder with png/jpg images")
-    items = [read_image(p) for p in paths]
+    return [read_image(p) for p in paths]
+
+
+def detect_images(folder: Path, items: list[LoadedImage], key: SecretKey, settings: dict,
+                  opts: dict, prepare: Optional[Prepare] = None) -> list[dict]:
+    """One row per item (paths relative to ``folder``), in :data:`COLUMNS`.
+
+    Images are tested in groups of one shape (C, H, W); ``prepare(shape, detector)`` runs on each
+    group's detector before it tests (``madmark filter`` calibrates it there)."""
     rows = [{"path": str(it.path.relative_to(folder)), "status": "unreadable", "reason": it.error}
             for it in items]
     for (c, h, w), idx in group_by_shape(items).items():
         method = build_method(settings["method"], key, h, w, settings["bits"], settings["strength"])
         detector = Detector(method, key, alpha=opts["alpha"], batch_size=opts["batch_size"])
+        if prepare is not None:
+            prepare((c, h, w), detector)
         result = detector(torch.stack([items[i].image for i in idx]))
         for j, i in enumerate(idx):
             rows[i].update(status="decoded", reason="", matched_bits=int(result.matched_bits[j]),
@@ -64,6 +79,15 @@ def detect_folder(folder: Path, opts: dict) -> list[dict]:
                            p_value=f"{float(result.p_value[j]):.6g}",
                            flagged=bool(result.flagged[j]))
     return rows
+
+
+def detect_folder(folder: Path, opts: dict) -> list[dict]:
+    if not folder.is_dir():
+        raise MadmarkError(f"folder {folder} does not exist", "pass a folder of images")
+    check_alpha(opts["alpha"])
+    key = secret_key(opts["key"], opts["key_file"])
+    settings = method_settings(folder, opts)
+    return detect_images(folder, read_folder(folder), key, settings, opts)
 
 
 def main(args: list[str]) -> int:

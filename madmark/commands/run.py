@@ -52,7 +52,8 @@ def loop_settings(cfg: DictConfig, n_train: int) -> LoopSettings:
 
 
 def open_run(cfg: DictConfig) -> tuple[RunDir, DictConfig, bool]:
-    """The run directory and the config to run: a new one, or the recorded one for resume."""
+    """The run directory and the config to run: a new one, or the recorded one for resume
+    (``resume=<dir>``, or ``auto_resume=true`` when Hydra's output dir already holds this run)."""
     if cfg.resume:
         run = RunDir(cfg.resume)
         if not run.exists():
@@ -63,9 +64,31 @@ def open_run(cfg: DictConfig) -> tuple[RunDir, DictConfig, bool]:
             recorded.progress, recorded.debug = cfg.progress, cfg.debug
         return run, recorded, True
     run = RunDir(HydraConfig.get().runtime.output_dir)
-    if run.exists():
+    if run.exists() and not cfg.auto_resume:
         raise MadmarkError(f"run directory {run.path} already holds a run",
-                           "wait a second and rerun, or set hydra.run.dir=<new folder>")
+                           "wait a second and rerun, set hydra.run.dir=<new folder>, "
+                           "or continue it with auto_resume=true")
+    if run.exists():   # auto_resume: a relaunched (requeued) job continues the run in its folder
+        from omegaconf import OmegaConf
+
+        def leaves(node: dict, prefix: str = ""):
+            for key, value in node.items():
+                if isinstance(value, dict):
+                    yield from leaves(value, f"{prefix}{key}.")
+                elif f"{prefix}{key}" not in ("progress", "debug", "auto_resume"):
+                    yield f"{prefix}{key}", value
+
+        recorded = run.read_config()
+        asked = OmegaConf.create(OmegaConf.to_yaml(cfg, resolve=True))   # cfg as it would be recorded
+        old, new = (dict(leaves(OmegaConf.to_container(c))) for c in (recorded, asked))
+        changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+        if changed:
+            raise MadmarkError(f"auto_resume: run directory {run.path} holds a run with another "
+                               f"config ({', '.join(changed[:4])} differ)",
+                               "rerun the identical command, or set hydra.run.dir=<new folder>")
+        with open_dict(recorded):
+            recorded.progress, recorded.debug = cfg.progress, cfg.debug
+        return run, recorded, True
     return run, cfg, False
 
 

@@ -67,11 +67,24 @@ class DataSource(ABC):
         successive generations see different, independently chosen real samples. Analytic sources
         override this to draw new samples from the true distribution.
         """
-        train = self.load().train
+        return self.draw_real_labeled(n, generator)[0]
+
+    def draw_real_labeled(self, n: int, generator: torch.Generator
+                          ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Like :meth:`draw_real`, with the samples' int64 (n,) class labels (None if unlabelled).
+
+        Sources that override :meth:`draw_real` (analytic ones, without labels) get their draws
+        through it, so both methods always agree.
+        """
+        if type(self).draw_real is not DataSource.draw_real:
+            return self.draw_real(n, generator), None
+        splits = self.load()
+        train = splits.train
         if n > len(train):
             from madmark.errors import MadmarkError
             raise MadmarkError(
                 f"the fresh-data loop asks for n_real={n} samples but data '{self.name}' has only "
                 f"{len(train)} train samples", f"set loop.n_real <= {len(train)}")
         idx = torch.randperm(len(train), generator=generator)[:n]
-        return train[idx]
+        labels = None if splits.train_labels is None else splits.train_labels[idx]
+        return train[idx], labels

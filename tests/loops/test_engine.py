@@ -59,7 +59,7 @@ def test_non_finite_samples_stop_the_loop_with_a_clear_error(normal_source, tmp_
 def test_checkpoints_load_with_weights_only(normal_source, tmp_path):
     engine(normal_source, tmp_path, 1).run()
     record = torch.load(tmp_path / "g0001.pt", weights_only=True)
-    assert set(record) == {"generation", "samples", "origin", "marked", "model", "row"}
+    assert set(record) == {"generation", "samples", "origin", "marked", "label", "model", "row"}
     assert record["origin"].eq(1).all() and not record["marked"].any()
 
 

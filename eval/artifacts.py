@@ -1,0 +1,331 @@
+"""Artifact growth: how much of a watermark a self-consuming loop's *unmarked* samples carry.
+
+    probe = WatermarkProbe(lambda x: wm.embed(x, msg), real_probe)   # once per run
+    meter = ArtifactMeter(probe, real_reference, detector, alpha=0.01)
+    row.update(meter(S_t))                                           # per generation, S_t unmarked
+    rows = add_growth(rows)                                          # <col>_growth columns
+
+Images are (N, C, H, W) float in [0, 1]; probe, reference and samples share (C, H, W).
+
+**Inheritance** (:func:`inheritance`): decode S_t with the run's detector (anything with
+``detect(x)`` returning ``bit_accuracy``, ``p_value``, ``flagged``, all (N,), e.g. a calibrated
+``watermark.Detector``): mean bit accuracy (matched bits / K), detection rate (fraction with
+p-value <= alpha) and the median log10 p-value — what the model reproduces of the message itself.
+
+**Artifact energy.** :class:`WatermarkProbe` marks real probe images P (n, C, H, W) once and keeps
+the mean residual r̄ = mean_i (embed(P)_i − P_i) (C, H, W). With m_ref the mean of the real
+reference set (N_ref images) and z(x) = <x − m_ref, r̄> / <r̄, r̄> the per-image projection,
+
+    artifact_energy(S) = mean_{x in S} z(x) = <mean(S) − m_ref, r̄> / <r̄, r̄>
+
+in units of one watermark layer: 0 for data whose mean is the real mean, 1 when the mean of S sits
+exactly one mean residual from it along r̄, k for k layers (linear). Its standard error is the
+two-sample one, se² = var_S(z)/N + var_ref(z)/N_ref (both with ddof = 1: the reference mean is an
+estimate too), and ``artifact_energy_z`` = energy / se; |z| below ~3 is noise.
+
+**Band energy ratio.** Spectra are the orthonormal 2-D DCT-II of each channel at the image's own
+size, power averaged over channels (gray and RGB in the same units; a mark in chroma counts too).
+The DCT is real and orthonormal (Parseval: per-frequency powers add up to the pixel energy), has one
+coefficient per frequency (no conjugate pairs) and no wrap-around jump at the borders that an FFT
+would smear over all frequencies. The probe's mean residual power spectrum is
+Π(f) = mean_i mean_c DCT(embed(P)_i − P_i)_c(f)² (residuals, no mean removed: the residual *is* the
+signal), and the band B is the smallest set of frequencies holding >= ``band_fraction`` (default
+0.5) of Σ_f Π(f): frequencies sorted by Π descending (ties in row-major order), cut at the first
+prefix that reaches the fraction. A pure single-frequency residual gives B = {that frequency}. Then
+
+    band_energy_ratio(S) = mean_{x in S} E_B(x) / ((N_ref + 1)/(N_ref − 1) · mean_{y in ref} E_B(y))
+    E_B(x) = mean_c Σ_{f in B} DCT(x − m_ref)_c(f)²,
+
+i.e. mean removal uses the *real reference* mean for both (not S's own mean, which would discard a
+watermark pattern shared by all samples: that pattern is exactly what is measured). The factor
+(N_ref + 1)/(N_ref − 1) makes the denominator the expected E_B of a *fresh* real image (unbiased:
+E‖x − m_ref‖² = (1 + 1/N_ref) tr Σ, while the reference's own deviations average
+(1 − 1/N_ref) tr Σ), so held-out real data scores 1 on average, the reference set itself
+(N_ref − 1)/(N_ref + 1), and > 1 means excess energy in the watermark's band. ``band_energy_ratio_se`` is the delta-method
+standard error of the ratio of the two means. Any change of S_t's variance (collapse, blur) moves
+the ratio too: read it next to precision/recall, not alone.
+
+The two statistics see different things. The projection is matched to a *fixed* pattern (a
+key-seeded mark with one message is largely the same residual on every image) and averages the
+host away; the band ratio also sees *incoherent* artifacts (phase varying per image, like a GAN's
+cross-hatching) that the projection misses, but only once they are comparable to the host's own
+power in the band. Measured on 28 x 28 MNIST (SpreadSpectrum, 32 bits, informed embedding, 1,000
+probe / 2,000 reference / 1,000 test digits): one layer at its default strength 0.01 gives
+artifact_energy 1.01-1.02 ± 0.09 (z = 11) but band_energy_ratio 0.96-0.98 ± 0.05 (two keys;
+held-out real digits: −0.05 ± 0.09 and 1.06 ± 0.05): the mark holds ~2 % of the digits' power in
+its band, and informed embedding *cancels* host energy there (cross term −2× the mark's power).
+At strength 0.04 the ratio is 1.18-1.28 ± 0.05.
+
+**Growth** (:func:`add_growth`): ``<col>_growth`` = value at t ÷ value at a baseline generation;
+see its docstring for why the baseline is the first generation trained on marked data.
+
+Cost: one DCT per image (two matrix products, O(C·H·W·(H + W))) and one dot product; batched, no
+Python loops over samples. ``eval`` imports nothing from ``watermark``: the probe takes an ``embed``
+callable and the meter a duck-typed detector.
+"""
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+from typing import Any, Callable, Iterable, Optional
+
+import torch
+
+__all__ = ["WatermarkProbe", "ArtifactMeter", "inheritance", "add_growth", "growth_baseline",
+           "dct2", "COLUMNS", "GROWTH_COLUMNS"]
+
+#: the columns :class:`ArtifactMeter` returns, in order
+COLUMNS = ("inherit_bit_acc", "inherit_detect_rate", "inherit_log10p_median", "artifact_energy",
+           "artifact_energy_se", "artifact_energy_z", "band_energy_ratio", "band_energy_ratio_se",
+           "artifact_n_probe", "artifact_band_fraction")
+#: columns :func:`add_growth` adds a ``_growth`` column for by default
+GROWTH_COLUMNS = ("artifact_energy", "band_energy_ratio")
+
+_P_FLOOR = 1e-300  # p-values are clamped here before log10 (smallest normal float64 ~ 2e-308)
+_MAX_ELEMENTS = 2 ** 24  # pixel values per batch (a float64 batch stays under 128 MiB)
+
+
+def _step(batch_size: int, shape: tuple) -> int:
+    """Images per batch: batch_size, fewer for large images (at most _MAX_ELEMENTS values)."""
+    return max(1, min(int(batch_size), _MAX_ELEMENTS // math.prod(shape)))
+
+
+@lru_cache(maxsize=16)
+def _dct_matrix(n: int, device: str, dtype: torch.dtype) -> torch.Tensor:
+    """Orthonormal DCT-II matrix (n, n): D[k, j] = sqrt(2/n) cos(pi (2j + 1) k / 2n), row 0 / √2."""
+    j = torch.arange(n, dtype=torch.float64)
+    d = torch.cos(math.pi * (2 * j[None, :] + 1) * j[:, None] / (2 * n)) * math.sqrt(2.0 / n)
+    d[0] /= math.sqrt(2.0)
+    return d.to(device=device, dtype=dtype)
+
+
+def dct2(x: torch.Tensor) -> torch.Tensor:
+    """Orthonormal 2-D DCT-II over the last two dims (..., H, W) -> (..., H, W) (scipy's
+    ``dctn(x, type=2, norm="ortho", axes=(-2, -1))``)."""
+    dh = _dct_matrix(x.shape[-2], str(x.device), x.dtype)
+    dw = _dct_matrix(x.shape[-1], str(x.device), x.dtype)
+    return dh @ x @ dw.T
+
+
+def _images(x: torch.Tensor, name: str, shape: Optional[tuple] = None) -> torch.Tensor:
+    if not isinstance(x, torch.Tensor) or x.ndim != 4 or not x.is_floating_point():
+        raise ValueError(f"{name}: expected a floating (N, C, H, W) tensor, got "
+                         f"{type(x).__name__} {tuple(getattr(x, 'shape', ()))}")
+    if x.shape[0] == 0:
+        raise ValueError(f"{name} is empty")
+    if shape is not None and tuple(x.shape[1:]) != tuple(shape):
+        raise ValueError(f"{name} has images of shape {tuple(x.shape[1:])}, "
+                         f"the probe {tuple(shape)}")
+    return x
+
+
+def _work_dtype(x: torch.Tensor) -> torch.dtype:
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+class WatermarkProbe:
+    """The watermark's mean residual pattern and frequency band, measured once per run.
+
+    Args:
+        embed: ``embed(x) -> x_w``, marks a batch (B, C, H, W) with the run's message (same shape).
+        probe: real images (n_probe, C, H, W) in [0, 1]; use images the reference set does not hold.
+        band_fraction: share of the mean residual power the band must hold, in (0, 1].
+        batch_size: images passed to ``embed`` per call (fewer for large images: every batch
+            holds at most 2**24 pixel values, as in :meth:`measure`).
+
+    Attributes:
+        residual_mean: r̄ (C, H, W) float64.
+        residual_power: Π (H, W) float64, mean DCT power of the residuals (mean over channels).
+        band: (H, W) bool, the band B; ``band_size`` its number of frequencies.
+        n_probe, band_fraction, shape (C, H, W).
+    """
+
+    def __init__(self, embed: Callable[[torch.Tensor], torch.Tensor], probe: torch.Tensor, *,
+                 band_fraction: float = 0.5, batch_size: int = 256):
+        probe = _images(probe, "probe")
+        if not 0 < band_fraction <= 1:
+            raise ValueError(f"band_fraction must lie in (0, 1], got {band_fraction}")
+        self.shape, self.n_probe, self.band_fraction = tuple(probe.shape[1:]), probe.shape[0], \
+            float(band_fraction)
+        c, h, w = self.shape
+        res_sum = torch.zeros(c, h, w, dtype=torch.float64, device=probe.device)
+        power = torch.zeros(h, w, dtype=torch.float64, device=probe.device)
+        with torch.no_grad():
+            for xb in probe.split(_step(batch_size, self.shape)):
+                xw = embed(xb)
+                if xw.shape != xb.shape:
+                    raise ValueError(f"embed returned {tuple(xw.shape)} for {tuple(xb.shape)}")
+                res = xw.to(torch.float64) - xb.to(torch.float64)
+                res_sum += res.sum(0)
+                power += dct2(res).square().mean(1).sum(0)
+        self.residual_mean = res_sum / self.n_probe
+        self.residual_power = power / self.n_probe
+        self.norm_sq = float(self.residual_mean.square().sum())
+        if self.norm_sq == 0 or float(power.sum()) == 0:
+            raise ValueError("embed left the probe images unchanged on average: no residual")
+        flat = self.residual_power.flatten()
+        order = torch.argsort(flat, descending=True, stable=True)
+        cum = flat[order].cumsum(0)
+        n_in = int(torch.searchsorted(cum, self.band_fraction * cum[-1])) + 1
+        band = torch.zeros_like(flat, dtype=torch.bool)
+        band[order[:min(n_in, flat.numel())]] = True
+        self.band = band.view(h, w)
+        self.band_size = int(self.band.sum())
+
+    def measure(self, x: torch.Tensor, center: torch.Tensor, batch_size: int = 256,
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-image projections z (N,) = <x − center, r̄>/<r̄, r̄> and band energies E_B (N,), both
+        float64, for images x (N, C, H, W) about ``center`` (C, H, W)."""
+        x = _images(x, "x", self.shape)
+        r = self.residual_mean.to(x.device)
+        center = center.to(x.device, torch.float64)
+        band = self.band.to(x.device)
+        z, e = [], []
+        with torch.no_grad():
+            for xb in x.split(_step(batch_size, self.shape)):
+                d = xb.to(torch.float64) - center
+                z.append(d.flatten(1) @ r.flatten() / self.norm_sq)
+                spec = dct2(d.to(_work_dtype(xb))).square().mean(1)           # (B, H, W)
+                e.append(spec[:, band].to(torch.float64).sum(1))
+        return torch.cat(z), torch.cat(e)
+
+    def __repr__(self) -> str:
+        return (f"WatermarkProbe(n_probe={self.n_probe}, shape={self.shape}, "
+                f"band_fraction={self.band_fraction}, band_size={self.band_size})")
+
+
+def inheritance(result: Any, alpha: Optional[float] = None) -> dict[str, float]:
+    """Inheritance columns from a detection result on N images.
+
+    ``result`` has ``bit_accuracy`` (N,) (matched bits / K), ``p_value`` (N,) and ``flagged`` (N,)
+    (e.g. ``watermark.DetectionResult``). Detection rate = fraction with p_value <= alpha, or the
+    fraction ``flagged`` when alpha is None. The median is numpy's (mean of the two middle values
+    for even N); p-values are clamped at 1e-300 before log10.
+    """
+    acc = torch.as_tensor(result.bit_accuracy).to(torch.float64)
+    p = torch.as_tensor(result.p_value).to(torch.float64)
+    hit = torch.as_tensor(result.flagged).bool() if alpha is None else p <= alpha
+    return {"inherit_bit_acc": float(acc.mean()),
+            "inherit_detect_rate": float(hit.to(torch.float64).mean()),
+            "inherit_log10p_median": float(torch.quantile(p.clamp_min(_P_FLOOR).log10(), 0.5))}
+
+
+class ArtifactMeter:
+    """Per-generation artifact columns of samples S_t: ``meter(samples) -> dict`` (:data:`COLUMNS`).
+
+    Args:
+        probe: the run's :class:`WatermarkProbe`.
+        reference: real images (N_ref >= 2, C, H, W); only their mean, projection variance and mean
+            band energy are kept (computed in batches).
+        detector: optional, ``detector.detect(x)`` (or ``detector(x)``) returning ``bit_accuracy``,
+            ``p_value``, ``flagged`` (N,); without one the ``inherit_*`` columns are NaN.
+        alpha: detection threshold on p-values; None counts the detector's own ``flagged``.
+        batch_size: images per batch (fewer for large images, see :class:`WatermarkProbe`).
+    """
+
+    def __init__(self, probe: WatermarkProbe, reference: torch.Tensor, detector: Any = None,
+                 alpha: Optional[float] = 0.01, batch_size: int = 256):
+        reference = _images(reference, "reference", probe.shape)
+        if reference.shape[0] < 2:
+            raise ValueError("reference needs at least 2 images")
+        if alpha is not None and not 0 < alpha < 1:
+            raise ValueError(f"alpha must lie in (0, 1), got {alpha}")
+        self.probe, self.detector, self.alpha, self.batch_size = probe, detector, alpha, batch_size
+        total = torch.zeros(probe.shape, dtype=torch.float64, device=reference.device)
+        for xb in reference.split(_step(batch_size, probe.shape)):
+            total += xb.to(torch.float64).sum(0)
+        self.n_ref = reference.shape[0]
+        self.center = total / self.n_ref                                     # m_ref (C, H, W)
+        z, e = probe.measure(reference, self.center, batch_size)
+        self.ref_var = float(z.var())                                        # ddof = 1
+        self.ref_band = float(e.mean()) * (self.n_ref + 1) / (self.n_ref - 1)
+        self.ref_band_rel_var = float(e.var()) / (self.n_ref * float(e.mean()) ** 2) \
+            if float(e.mean()) > 0 else math.nan                              # (se/mean)^2
+
+    def energy(self, samples: torch.Tensor) -> dict[str, float]:
+        """``artifact_energy``, ``artifact_energy_se``, ``artifact_energy_z``, ``band_energy_ratio``
+        and ``band_energy_ratio_se`` of samples (N, C, H, W) (se and z are NaN for N = 1)."""
+        z, e = self.probe.measure(samples, self.center, self.batch_size)
+        n = z.numel()
+        a = float(z.mean())
+        se = math.sqrt(float(z.var()) / n + self.ref_var / self.n_ref) if n > 1 else math.nan
+        ratio = float(e.mean()) / self.ref_band if self.ref_band > 0 else math.nan
+        rel = float(e.var()) / (n * float(e.mean()) ** 2) if n > 1 and float(e.mean()) > 0 \
+            else math.nan
+        return {"artifact_energy": a, "artifact_energy_se": se,
+                "artifact_energy_z": a / se if se > 0 else math.nan,
+                "band_energy_ratio": ratio,
+                "band_energy_ratio_se": ratio * math.sqrt(rel + self.ref_band_rel_var)}
+
+    def __call__(self, samples: torch.Tensor) -> dict[str, float]:
+        """All :data:`COLUMNS` for unmarked samples S_t (N, C, H, W) in [0, 1]."""
+        if self.detector is None:
+            row = dict.fromkeys(COLUMNS[:3], math.nan)
+        else:
+            detect = getattr(self.detector, "detect", self.detector)
+            with torch.no_grad():
+                row = inheritance(detect(samples), self.alpha)
+        row.update(self.energy(samples))
+        row.update(artifact_n_probe=self.probe.n_probe,
+                   artifact_band_fraction=self.probe.band_fraction)
+        return {k: row[k] for k in COLUMNS}
+
+
+def _number(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _generations(rows: list[dict], key: str) -> list[int]:
+    """Each row's generation (its 1-based position where the key is missing or not a number)."""
+    gens = [_number(r.get(key)) for r in rows]
+    return [int(g) if math.isfinite(g) else i + 1 for i, g in enumerate(gens)]
+
+
+def growth_baseline(rows: Iterable[dict], generation_key: str = "generation",
+                    marked_key: str = "n_marked") -> Optional[int]:
+    """The first generation whose training pool held marked samples (``n_marked`` > 0), else the
+    first generation (t = 1 in a full run); None for no rows."""
+    rows = list(rows)
+    gens = _generations(rows, generation_key)
+    marked = [g for g, r in zip(gens, rows) if _number(r.get(marked_key, 0)) > 0]
+    return min(marked) if marked else (min(gens) if gens else None)
+
+
+def add_growth(rows: Iterable[dict], columns: Iterable[str] = GROWTH_COLUMNS, *,
+               baseline: Optional[int] = None, min_baseline_z: float = 2.0,
+               generation_key: str = "generation", marked_key: str = "n_marked") -> list[dict]:
+    """Copies of ``rows`` with ``<col>_growth`` = value at t ÷ value at the baseline generation for
+    each column, and ``growth_baseline`` (the generation used). Input rows are not modified.
+
+    Baseline. Issue 5 says "÷ value at t = 1", but generation 1 trains on real data only: its
+    artifact energy is noise around 0, and a ratio to noise is meaningless (any sign, any size).
+    The default (``baseline=None``) is therefore the first generation whose training pool contained
+    marked samples (rows carry ``n_marked``, the marked samples in that generation's pool): growth
+    then reads "how much stronger the artifact is than after the first exposure to marked data".
+    Without any marked pool (no watermark stage) it falls back to the first generation. An int
+    picks the baseline generation explicitly.
+
+    Undefined growth is NaN, never an error: baseline generation absent; baseline value missing,
+    non-numeric, non-finite or <= 0 (growth is a ratio of positive magnitudes); or, for a column
+    whose baseline row also has ``<col>_se``, a baseline within noise, |value / se| < min_baseline_z
+    (set 0 to disable). A row missing the column gets NaN in that row only.
+    """
+    rows = [dict(r) for r in rows]
+    gens = _generations(rows, generation_key)
+    base = growth_baseline(rows, generation_key, marked_key) if baseline is None else int(baseline)
+    base_row = next((r for g, r in zip(gens, rows) if g == base), None)
+    for col in columns:
+        v0 = _number(base_row.get(col)) if base_row is not None else math.nan
+        se = _number(base_row.get(f"{col}_se")) if base_row is not None else math.nan
+        if not (math.isfinite(v0) and v0 > 0) or (math.isfinite(se) and se > 0
+                                                    and abs(v0 / se) < min_baseline_z):
+            v0 = math.nan
+        for r in rows:
+            v = _number(r.get(col))
+            r[f"{col}_growth"] = v / v0 if math.isfinite(v) and math.isfinite(v0) else math.nan
+    for r in rows:
+        r["growth_baseline"] = base
+    return rows

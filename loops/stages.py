@@ -1,0 +1,107 @@
+"""The two optional stages of a generation that touch watermarks (DESIGN.md, "One generation").
+
+    pool_t = filter(pool_t)          FilterStage: drop what a detector flags, before fitting
+    ...
+    S_t    = watermark(S_t)          WatermarkStage: mark the samples that enter later pools
+
+Both take plain callables, so the engine knows nothing of keys, methods or detectors
+(``madmark.watermarking`` builds them from the run's config). The filter sees pixels only; the
+pool's provenance is used afterwards to *measure* it, never to decide.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from loops.errors import LoopError
+from loops.pool import Pool
+
+#: ``mark(t, x) -> x_w``: marks images x (N, C, H, W) of generation t; same shape, in [0, 1].
+MarkFn = Callable[[int, torch.Tensor], torch.Tensor]
+#: ``flag(t, x) -> flagged``: bool (N,) for the pool x (N, C, H, W) of generation t.
+FlagFn = Callable[[int, torch.Tensor], torch.Tensor]
+
+
+def psnr_db(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Mean-squared-error PSNR in dB over the whole batch of [0, 1] images (inf when equal)."""
+    mse = float((a.double() - b.double()).pow(2).mean())
+    return math.inf if mse == 0 else -10.0 * math.log10(mse)
+
+
+@dataclass
+class WatermarkStage:
+    """Marks the synthetic samples S_t before they enter later pools.
+
+    Attributes:
+        mark: the marking callable (method and key per run or per generation).
+        method: a name for the results row (``wm_method``).
+    """
+
+    mark: MarkFn
+    method: str = "watermark"
+
+    def __call__(self, t: int, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """Marked copy of x (N, C, H, W) and the row columns ``wm_psnr`` (dB), ``n_marked_new``."""
+        if x.ndim != 4:
+            raise LoopError(f"the watermark stage needs images (N, C, H, W), got shape "
+                            f"{tuple(x.shape)}", "use image data (e.g. data=mnist5k) or watermark=none")
+        marked = self.mark(t, x)
+        if marked.shape != x.shape:
+            raise LoopError(f"watermark method {self.method} returned shape {tuple(marked.shape)} "
+                            f"for images {tuple(x.shape)}", "check the method's image-size limits")
+        return marked, {"wm_psnr": psnr_db(marked, x), "n_marked_new": len(x)}
+
+
+@dataclass
+class FilterStage:
+    """Drops the pool samples a detector flags, and measures it against provenance.
+
+    Attributes:
+        flag: the detection callable (pixels only).
+        min_pool: fewest samples left to fit a model; fewer stops the run with a clear error.
+        alpha: the detector's target false-positive rate (recorded, and named in errors).
+    """
+
+    flag: FlagFn
+    min_pool: int = 2
+    alpha: float = 0.01
+
+    def __call__(self, t: int, pool: Pool) -> tuple[Pool, dict[str, float | int]]:
+        """The kept pool and the row columns:
+
+        filter_n_in, filter_real_dropped, filter_real_drop_rate (empirical FPR on real samples),
+        filter_synth_caught, filter_synth_missed, filter_tpr (caught / synthetic; NaN without
+        synthetic samples), filter_marked_caught, filter_marked_n, real_fraction_before.
+        """
+        flagged = self.flag(t, pool.x).to(pool.origin.device).bool()
+        if flagged.shape != (len(pool),):
+            raise LoopError(f"the filter returned {tuple(flagged.shape)} flags for {len(pool)} samples",
+                            "the flag callable must return one bool per sample")
+        real = pool.origin == 0
+        synthetic = ~real
+        n_real, n_synth = int(real.sum()), int(synthetic.sum())
+        real_dropped = int((flagged & real).sum())
+        caught = int((flagged & synthetic).sum())
+        stats = {
+            "filter_n_in": len(pool),
+            "filter_real_dropped": real_dropped,
+            "filter_real_drop_rate": real_dropped / n_real if n_real else math.nan,
+            "filter_synth_caught": caught,
+            "filter_synth_missed": n_synth - caught,
+            "filter_tpr": caught / n_synth if n_synth else math.nan,
+            "filter_marked_n": int(pool.marked.sum()),
+            "filter_marked_caught": int((flagged & pool.marked).sum()),
+            "real_fraction_before": n_real / len(pool) if len(pool) else math.nan,
+        }
+        kept = pool.subset(~flagged)
+        if len(kept) < self.min_pool:
+            raise LoopError(
+                f"generation {t}: the filter flagged {int(flagged.sum())} of {len(pool)} pool samples "
+                f"({real_dropped} real, {caught} synthetic), leaving {len(kept)}: too few to fit a "
+                f"model (filter.min_pool={self.min_pool})",
+                "a fully synthetic loop has nothing left once its marked samples are caught: use "
+                "loop=synthetic_augmentation or loop=fresh_data with the filter, or filter=none")
+        return kept, stats

@@ -1,0 +1,203 @@
+"""The report of a Hydra multirun sweep: every run's results.csv side by side.
+
+    madmark run -m loop.bias=1.0,0.8 seed=0,1     # writes <sweep_dir>/0/, 1/, ... (one run each)
+    madmark report <sweep_dir>                     # writes the three files below in <sweep_dir>
+
+    summary.csv        one row per run × generation: job, label, overrides, then results.csv
+    summary.md         per key metric a table run × generation (the "method × generation" table
+                       of a robustness benchmark), then the final generation of every run
+    plots/summary.png  one panel per key metric against generation, one line per run
+
+A run is labelled by its Hydra overrides (``<job>/.hydra/overrides.yaml``) that differ between
+the runs of the sweep, e.g. ``loop.bias=0.8 seed=1``; the full list is in summary.csv.
+"""
+from __future__ import annotations
+
+import io
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from loops.checkpoint import atomic_write_bytes, atomic_write_text
+from madmark.errors import MadmarkError
+from madmark.report import _cell, _number
+from madmark.rundir import read_csv, rows_to_csv
+
+#: metrics with a run × generation table and a panel (in order; absent ones are skipped)
+SWEEP_METRICS = ("precision", "recall", "density", "coverage", "fid", "inherit_detect_rate",
+                 "inherit_bit_acc", "artifact_energy", "artifact_energy_growth", "filter_tpr",
+                 "filter_real_drop_rate", "spread_ratio", "w2_to_true")
+
+
+@dataclass
+class SweepRun:
+    job: str                        # the job's folder name (Hydra's job number)
+    path: Path
+    overrides: list[str]
+    rows: list[dict[str, str]]
+    status: dict[str, Any] = field(default_factory=dict)
+    label: str = ""
+
+
+def run_folders(sweep_dir: Path) -> list[Path]:
+    """Direct subfolders holding a results.csv, in job order (numeric names numerically)."""
+    found = [p for p in sweep_dir.iterdir() if p.is_dir() and (p / "results.csv").is_file()]
+    return sorted(found, key=lambda p: (not p.name.isdigit(), int(p.name) if p.name.isdigit()
+                                        else 0, p.name))
+
+
+def is_sweep(folder: Path) -> bool:
+    return folder.is_dir() and not (folder / "results.csv").is_file() and bool(run_folders(folder))
+
+
+def _overrides(run_dir: Path) -> list[str]:
+    path = run_dir / ".hydra" / "overrides.yaml"
+    if not path.is_file():
+        return []
+    from omegaconf import OmegaConf
+    return [str(o) for o in OmegaConf.load(path)]
+
+
+def label_runs(runs: list[SweepRun]) -> None:
+    """Label each run by the overrides whose value differs between runs (first-seen order);
+    a run with none, or a label shared with another run, gets its job name too."""
+    values = [dict(o.partition("=")[::2] for o in run.overrides) for run in runs]
+    keys: list[str] = []
+    for v in values:
+        keys.extend(k for k in v if k not in keys)
+    varying = [k for k in keys if len({v.get(k) for v in values}) > 1]
+    for run, v in zip(runs, values):
+        run.label = " ".join(f"{k}={v[k]}" for k in varying if k in v)
+    labels = [run.label for run in runs]
+    for run in runs:
+        if not run.label or labels.count(run.label) > 1:
+            run.label = f"{run.label} (job {run.job})" if run.label else f"job {run.job}"
+
+
+def load_sweep(sweep_dir: Path) -> list[SweepRun]:
+    runs = []
+    for path in run_folders(sweep_dir):
+        status = path / "status.json"
+        runs.append(SweepRun(job=path.name, path=path, overrides=_overrides(path),
+                             rows=read_csv(path / "results.csv"),
+                             status=json.loads(status.read_text()) if status.is_file() else {}))
+    label_runs(runs)
+    return runs
+
+
+def _generation(row: dict[str, Any]) -> int | None:
+    g = _number(row.get("generation"))
+    return None if g is None else int(g)
+
+
+def _escape(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def metric_table(runs: list[SweepRun], metric: str) -> str:
+    """Markdown: one row per run (its label), one column per generation, cells = ``metric``."""
+    gens = sorted({g for run in runs for r in run.rows if (g := _generation(r)) is not None})
+    lines = ["| run | " + " | ".join(f"g{g}" for g in gens) + " |", "|" + "---|" * (len(gens) + 1)]
+    for run in runs:
+        by_gen = {_generation(r): r.get(metric, "") for r in run.rows}
+        lines.append(f"| {_escape(run.label)} | "
+                     + " | ".join(_cell(by_gen.get(g, "")) for g in gens) + " |")
+    return "\n".join(lines)
+
+
+def final_table(runs: list[SweepRun], metrics: list[str]) -> str:
+    """Markdown: one row per run, its last finished generation and the ``metrics`` there."""
+    lines = ["| run | generation | " + " | ".join(metrics) + " |",
+             "|" + "---|" * (len(metrics) + 2)]
+    for run in runs:
+        last = run.rows[-1] if run.rows else {}
+        lines.append(f"| {_escape(run.label)} | {_cell(last.get('generation', ''))} | "
+                     + " | ".join(_cell(last.get(m, "")) for m in metrics) + " |")
+    return "\n".join(lines)
+
+
+def present_metrics(runs: list[SweepRun]) -> list[str]:
+    return [m for m in SWEEP_METRICS
+            if any(_number(r.get(m)) is not None for run in runs for r in run.rows)]
+
+
+def plot_sweep(runs: list[SweepRun], metrics: list[str], path: Path, title: str = "") -> bool:
+    """One panel per metric against generation, one line per run; False if nothing to plot."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    if not metrics:
+        return False
+    cols = min(3, len(metrics))
+    nrows = math.ceil(len(metrics) / cols)
+    legend_h = 0.3 * math.ceil(len(runs) / 2) + 0.2                 # inches below the panels
+    height = 3 * nrows + legend_h
+    fig, axes = plt.subplots(nrows, cols, figsize=(4 * cols, height), squeeze=False)
+    handles: dict[str, Any] = {}
+    for ax, metric in zip(axes.flat, metrics):
+        for i, run in enumerate(runs):
+            points = [(_generation(r), _number(r.get(metric))) for r in run.rows]
+            points = [(g, v) for g, v in points if g is not None and v is not None]
+            if points:
+                (line,) = ax.plot([g for g, _ in points], [v for _, v in points], marker="o",
+                                  color=f"C{i % 10}")
+                handles.setdefault(run.label, line)
+        ax.set_title(metric)
+        ax.set_xlabel("generation")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(metrics):]:
+        ax.axis("off")
+    fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=2,
+               fontsize="small", frameon=False)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout(rect=(0, legend_h / height, 1, 1))
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    plt.close(fig)
+    atomic_write_bytes(path, buffer.getvalue())
+    return True
+
+
+def write_sweep_report(sweep_dir: str | Path) -> Path:
+    """Write ``summary.csv``, ``summary.md`` and ``plots/summary.png`` in a multirun folder whose
+    job subfolders hold results.csv; returns summary.md."""
+    sweep_dir = Path(sweep_dir)
+    name = sweep_dir.resolve().name
+    runs = load_sweep(sweep_dir)
+    if not runs:
+        raise MadmarkError(f"{sweep_dir} has no run subfolders with a results.csv",
+                           "pass a multirun folder written by madmark run -m")
+    atomic_write_text(sweep_dir / "summary.csv", rows_to_csv(
+        {"job": run.job, "label": run.label, "overrides": " ".join(run.overrides), **row}
+        for run in runs for row in run.rows))
+    metrics = present_metrics(runs)
+    lines = [f"# madmark sweep report: {name}", "",
+             f"{len(runs)} runs; each is labelled by the overrides that differ between runs "
+             "(all overrides: summary.csv).", "",
+             "| job | run | generations finished | status |", "|---|---|---|---|"]
+    for run in runs:
+        total = run.status.get("generations")
+        lines.append(f"| {run.job} | {_escape(run.label)} | {len(run.rows)}"
+                     + (f" of {total}" if total else "")
+                     + f" | {run.status.get('state', 'unknown')} |")
+    skipped = sorted(p.name for p in sweep_dir.iterdir() if p.is_dir()
+                     and (p / ".hydra").is_dir() and not (p / "results.csv").is_file())
+    if skipped:
+        lines += ["", f"Jobs without results.csv (failed before a generation finished): "
+                      f"{', '.join(skipped)}"]
+    lines.append("")
+    for metric in metrics:
+        lines += [f"## {metric}", "", metric_table(runs, metric), ""]
+    if metrics:
+        lines += ["## Final generation", "", final_table(runs, metrics), ""]
+    if plot_sweep(runs, metrics, sweep_dir / "plots" / "summary.png", title=name):
+        lines += ["![key metrics against generation, one line per run](plots/summary.png)", ""]
+    path = sweep_dir / "summary.md"
+    atomic_write_text(path, "\n".join(lines))
+    return path

@@ -1,0 +1,159 @@
+"""Worker that tests/loops/test_distributed.py launches under torchrun: 2 gloo processes on the CPU.
+
+    python -m torch.distributed.run --standalone --nproc_per_node=2 tests/loops/ddp_worker.py OUT
+
+Each rank runs the collectives of ``loops.distributed`` and DDP training steps, then writes
+``OUT/rank<r>.pt``. The test recomputes the same steps in one process, without DDP, and compares.
+Sharing rule of every DDP step here: every rank draws the *global* batch identically, takes
+``dist.shard(N)`` of it, and scales its mean loss by ``n_local * world_size / N`` so that DDP's
+gradient average equals the gradient of the global batch's mean loss (shards may differ by one).
+
+DDP's part of a step is the gradient; the optimiser then runs on identical gradients on every rank.
+The DDP runs use SGD: Adam divides each gradient element by its own magnitude, so where a true
+gradient is ~0 it turns float rounding (which differs between a 2-rank and a 1-rank sum) into steps
+of up to lr (measured: 5e-5 apart after 2 steps at lr 1e-3). That Adam is train.py's is covered by
+the test's check that ``wm_steps("adam")`` in one process reproduces ``train_watermarker`` exactly.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from loops import distributed as dist
+
+# the tiny conv net (a): CONV_STEPS SGD steps on fresh global batches of CONV_N images (split 4 / 3)
+CONV_N, CONV_STEPS, CONV_LR = 7, 3, 0.2
+# the learned watermarker (b): train.py's loop without attacks; lr is train.py's Adam, sgd_lr the
+# SGD used for the DDP comparison (see the module docstring). width 16: with width 8 every GroupNorm
+# group holds one channel, so the conv biases before it have a zero gradient (dead parameters).
+WM = dict(num_bits=8, work_size=16, alpha=0.05, width=16, msg_dim=8, steps=2, batch_size=7,
+          lr=1e-3, sgd_lr=0.5, seed=3, quality_weight=0.1)
+WM_IMAGES = 32
+
+
+def make_convnet(seed: int = 0) -> nn.Module:
+    """(N, 3, 8, 8) -> (N, 5) logits; GroupNorm, not BatchNorm (no batch statistics to sync)."""
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.GroupNorm(2, 8), nn.ReLU(),
+                         nn.Conv2d(8, 8, 3, stride=2, padding=1), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5))
+
+
+def conv_batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The global batch of ``step``: (CONV_N, 3, 8, 8) images and (CONV_N,) labels in [0, 5)."""
+    g = torch.Generator().manual_seed(1000 + step)
+    return torch.rand(CONV_N, 3, 8, 8, generator=g), torch.randint(0, 5, (CONV_N,), generator=g)
+
+
+def wm_images() -> torch.Tensor:
+    """(WM_IMAGES, 1, 16, 16) training images in [0, 1]."""
+    return torch.rand(WM_IMAGES, 1, 16, 16, generator=torch.Generator().manual_seed(11))
+
+
+def local_part(*tensors: torch.Tensor) -> tuple[float, list[torch.Tensor]]:
+    """(loss scale, this rank's shards) for global-batch tensors of N rows."""
+    n = tensors[0].shape[0]
+    rows = dist.shard(n)
+    return (rows.stop - rows.start) * dist.world_size() / n, [t[rows] for t in tensors]
+
+
+def conv_steps() -> dict[str, torch.Tensor]:
+    """The conv net after CONV_STEPS SGD steps (momentum 0.9) under the sharing rule."""
+    model = dist.wrap(make_convnet())
+    opt = torch.optim.SGD(model.parameters(), lr=CONV_LR, momentum=0.9)
+    for step in range(CONV_STEPS):
+        scale, (x, y) = local_part(*conv_batch(step))
+        loss = scale * F.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return {k: v.detach().clone() for k, v in dist.unwrap(model).state_dict().items()}
+
+
+class EmbedDecode(nn.Module):
+    """One module around a LearnedWatermarker's two networks, so DDP sees the whole step:
+    forward(x, m) = (x_w, logits) with x_w = embed_train(x, m), logits = decode_train(x_w)."""
+
+    def __init__(self, wm):
+        super().__init__()
+        self.embedder, self.extractor = wm.embedder, wm.extractor   # the same parameters
+        self.wm = wm
+
+    def forward(self, x: torch.Tensor, m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x_w = self.wm.embed_train(x, m)
+        return x_w, self.wm.decode_train(x_w)
+
+
+def train_step(module: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, m: torch.Tensor,
+               alpha: float, quality_weight: float) -> None:
+    """watermark/train.py's step with attacks off, DDP-aware: x (N, C, H, W), m (N, K) global batch."""
+    scale, (x, m) = local_part(x, m)
+    x_w, logits = module(x, m)
+    loss = F.binary_cross_entropy_with_logits(logits, m) + quality_weight * F.mse_loss(x_w, x) / alpha ** 2
+    opt.zero_grad(set_to_none=True)
+    (scale * loss).backward()
+    torch.nn.utils.clip_grad_norm_(module.parameters(), 1.0)
+    opt.step()
+
+
+def make_wm():
+    """The LearnedWatermarker train_watermarker starts from (same seed, same architecture)."""
+    from watermark.learned import LearnedWatermarker
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(WM["seed"])
+        return LearnedWatermarker(WM["num_bits"], WM["work_size"], WM["alpha"], wm_images().shape[1],
+                                  WM["width"], WM["msg_dim"])
+
+
+def wm_steps(optimizer: str = "adam") -> dict[str, torch.Tensor]:
+    """train_watermarker's loop with the curriculum at its last phase from step 0 and an empty attack
+    list: same initial weights, batches and messages. ``optimizer``: "adam" (train.py's) or "sgd"."""
+    from watermark.train import _gen
+
+    images, wm = wm_images(), make_wm()
+    module = dist.wrap(EmbedDecode(wm))
+    opt = (torch.optim.Adam(module.parameters(), lr=WM["lr"]) if optimizer == "adam"
+           else torch.optim.SGD(module.parameters(), lr=WM["sgd_lr"]))
+    module.train()
+    for step in range(WM["steps"]):
+        g = _gen(WM["seed"], step, 0)
+        idx = torch.randint(0, images.shape[0], (WM["batch_size"],), generator=g)
+        m = torch.randint(0, 2, (WM["batch_size"], WM["num_bits"]), generator=g).float()
+        train_step(module, opt, images[idx], m, WM["alpha"], WM["quality_weight"])
+    return wm.state_dict()
+
+
+def collectives() -> dict[str, object]:
+    r, w = dist.rank(), dist.world_size()
+    out: dict[str, object] = {"rank": r, "world_size": w, "local_rank": dist.local_rank(),
+                              "is_main": dist.is_main(),
+                              "shards": [(s.start, s.stop) for s in map(dist.shard, (7, 1, 0))]}
+    out["sum_f64"] = dist.all_reduce_sum(torch.arange(4, dtype=torch.float64) * (r + 1))
+    out["sum_i64"] = dist.all_reduce_sum(torch.full((2, 2), 10 ** r, dtype=torch.int64))
+    # unequal parts (rank r holds r + 2 rows), an empty part on rank 1, and 1-D integers
+    out["cat_unequal"] = dist.all_gather_cat(torch.arange((r + 2) * 3, dtype=torch.float32)
+                                             .view(r + 2, 3) + 100 * r)
+    out["cat_empty"] = dist.all_gather_cat(torch.full((1 - r, 2), float(r + 1)))
+    out["cat_all_empty"] = dist.all_gather_cat(torch.zeros(0, 2))
+    out["cat_int"] = dist.all_gather_cat(torch.arange(r + 1, dtype=torch.int64) + 10 * r)
+    out["broadcast"] = dist.broadcast_object({"from": r, "items": [r] * 3})
+    dist.barrier()
+    return out
+
+
+def main(out_dir: str) -> None:
+    torch.set_num_threads(1)
+    dist.init()
+    result = {"collectives": collectives(), "conv": conv_steps(), "wm": wm_steps("sgd"),
+              "wrapped": type(dist.wrap(nn.Linear(1, 1))).__name__}
+    torch.save(result, Path(out_dir) / f"rank{dist.rank()}.pt")
+    dist.shutdown()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

@@ -1,0 +1,188 @@
+"""Hydra launchers as config choices (joblib, Slurm via submitit) and auto_resume for requeued jobs."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from madmark.rundir import read_csv
+from tests.madmark.conftest import FAST, REPO, madmark_subprocess
+
+TINY = ["data=gaussian", "model=gaussian", "loop.generations=2", "data.dim=2", "data.n_train=200",
+        "data.n_reference=200", "eval.enabled=false", "progress=false"]
+
+
+def _status(run: Path) -> str:
+    return json.loads((run / "status.json").read_text())["state"]
+
+
+# ---- joblib -------------------------------------------------------------------------------------
+
+def test_joblib_multirun_equals_the_basic_launcher(tmp_path, cli):
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher",
+                        reason="hydra-joblib-launcher not installed (pip install 'madmark[joblib]')")
+    sweep = ["-m", *TINY, "seed=0,1", f"out_dir={tmp_path / 'outputs'}"]
+    done = madmark_subprocess("run", *sweep, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+                              f"hydra.sweep.dir={tmp_path / 'joblib'}", timeout=240)
+    assert done.returncode == 0, done.stderr
+    assert "Joblib.Parallel(n_jobs=2" in done.stdout + done.stderr
+    code, _, err = cli("run", *sweep, f"hydra.sweep.dir={tmp_path / 'basic'}")
+    assert code == 0, err
+    for job, seed in (("0", 0), ("1", 1)):
+        run = tmp_path / "joblib" / job
+        assert _status(run) == "complete"
+        assert json.loads((run / "env.json").read_text())["seed"] == seed
+        assert [r["generation"] for r in read_csv(run / "results.csv")] == ["1", "2"]
+        assert (run / "results.csv").read_text() == (tmp_path / "basic" / job / "results.csv").read_text()
+    assert (tmp_path / "joblib" / "0" / "results.csv").read_text() != \
+        (tmp_path / "joblib" / "1" / "results.csv").read_text()
+
+
+# ---- Slurm (hydra-submitit-launcher) -------------------------------------------------------------
+
+def test_slurm_launcher_config_becomes_sbatch_options(tmp_path, monkeypatch):
+    """Compose hydra/launcher=slurm, let the real launcher build its submitit executor (a stub
+    ``srun`` on PATH stands in for the cluster) and read the sbatch script it would submit."""
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher",
+                        reason="hydra-submitit-launcher not installed (pip install 'madmark[slurm]')")
+    import submitit
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    from madmark.hydra_app import config_dir
+
+    stub = tmp_path / "bin" / "srun"
+    stub.parent.mkdir()
+    stub.write_text("#!/bin/sh\nexit 1\n")
+    stub.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{stub.parent}{os.pathsep}{os.environ['PATH']}")
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        cfg = compose("config", return_hydra_config=True, overrides=[
+            "hydra/launcher=slurm", "hydra.launcher.partition=gpu", "hydra.launcher.timeout_min=90",
+            "hydra.launcher.mem_gb=16", f"hydra.sweep.dir={tmp_path / 'sweep'}"])
+    assert cfg.hydra.launcher.tasks_per_node == 1 and cfg.hydra.launcher.array_parallelism == 16
+
+    class Submitted(Exception):
+        pass
+
+    def refuse(executor, *args, **kwargs):
+        raise Submitted(executor)
+
+    monkeypatch.setattr(submitit.AutoExecutor, "map_array", refuse)
+    launcher = instantiate(cfg.hydra.launcher)
+    launcher.setup(hydra_context=None, task_function=None, config=cfg)
+    with pytest.raises(Submitted) as submitted:
+        launcher.launch([["seed=0"], ["seed=1"]], initial_job_idx=0)
+    slurm = submitted.value.args[0]._executor
+    script = slurm._make_submission_file_text("python job.py", "uid")
+    for line in ("--partition=gpu", "--time=90", "--mem=16GB", "--gpus-per-node=1",
+                 "--cpus-per-task=8", "--ntasks-per-node=1", "--signal=USR2@120"):
+        assert f"#SBATCH {line}\n" in script, line
+    assert slurm.parameters["array_parallelism"] == 16 and slurm.max_num_timeout == 3
+
+
+# ---- auto_resume: a relaunched job continues the run in its folder -------------------------------
+
+def _preempt_after_generation(monkeypatch, t: int) -> None:
+    """Raise SystemExit(-1) (what submitit raises on preemption) after generation t is saved."""
+    import madmark.commands.run as run_command
+
+    write_report = run_command.write_report
+
+    def report_then_exit(path):
+        write_report(path)
+        if json.loads((Path(path) / "status.json").read_text())["generations_done"] == t:
+            raise SystemExit(-1)
+
+    monkeypatch.setattr(run_command, "write_report", report_then_exit)
+
+
+def test_auto_resume_continues_an_interrupted_run(cli, tmp_path, monkeypatch):
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    assert cli("run", *FAST, f"hydra.run.dir={full}")[0] == 0
+    command = ["run", *FAST, "auto_resume=true", f"hydra.run.dir={cut}"]
+    with monkeypatch.context() as m:
+        _preempt_after_generation(m, 1)
+        assert cli(*command)[0] == -1
+    assert sorted(p.name for p in (cut / "state").iterdir()) == ["g0001.pt"]
+    assert _status(cut) == "failed"
+
+    code, _, err = cli(*command)                               # the identical command, relaunched
+    assert code == 0, err
+    assert _status(cut) == "complete"
+    assert list(cut.glob("env_resume_*.json"))
+    assert (cut / "results.csv").read_text() == (full / "results.csv").read_text()
+
+    before = (cut / "results.csv").read_text()
+    code, out, _ = cli(*command)                               # once more: nothing left to do
+    assert code == 0 and "already complete" in out
+    assert (cut / "results.csv").read_text() == before
+
+
+def test_without_auto_resume_a_used_run_dir_is_refused(cli, tmp_path):
+    run = tmp_path / "run"
+    assert cli("run", *FAST, f"hydra.run.dir={run}")[0] == 0
+    code, _, err = cli("run", *FAST, f"hydra.run.dir={run}")
+    assert code == 2 and "already holds a run" in err and "auto_resume=true" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_auto_resume_refuses_a_different_config(cli, tmp_path):
+    run = tmp_path / "run"
+    assert cli("run", *FAST, "auto_resume=true", f"hydra.run.dir={run}")[0] == 0
+    before = (run / "results.csv").read_text()
+    code, _, err = cli("run", *FAST, "auto_resume=true", "seed=1", "loop.bias=0.9",
+                       f"hydra.run.dir={run}")
+    assert code == 2 and "another config" in err and "loop.bias, seed" in err
+    assert len(err.strip().splitlines()) == 1
+    assert (run / "results.csv").read_text() == before
+
+
+# ---- a real preemption: submitit's local executor requeues the job ------------------------------
+
+def _task_pids(submitit_dir: Path) -> list[int]:
+    """Processes running submitit tasks of this sweep (``python -m submitit.core._submit <dir>``)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmd = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"submitit.core._submit" in cmd and any(str(submitit_dir).encode() in c for c in cmd):
+            pids.append(int(proc.name))
+    return pids
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="finds the job through /proc")
+def test_preempted_submitit_job_is_requeued_and_resumes(tmp_path):
+    """USR2 (Slurm's preemption / timeout warning, here from the test) makes submitit requeue the
+    job; the requeued job lands in the same folder and auto_resume continues it."""
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher",
+                        reason="hydra-submitit-launcher not installed (pip install 'madmark[slurm]')")
+    args = ["data=digits", "model=pca_gmm", "model.n_components=16", "model.gmm_components=8",
+            "model.max_iter=60", "loop.generations=8", "eval.enabled=false", "progress=false",
+            "seed=7", "auto_resume=true", f"out_dir={tmp_path / 'outputs'}"]
+    full = madmark_subprocess("run", *args, f"hydra.run.dir={tmp_path / 'full'}", timeout=300)
+    assert full.returncode == 0, full.stderr
+
+    sweep = tmp_path / "sweep"
+    proc = subprocess.Popen([sys.executable, "-m", "madmark", "run", "-m", *args,
+                             "hydra/launcher=submitit_local", f"hydra.sweep.dir={sweep}"],
+                            cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while not (sweep / "0" / "state" / "g0002.pt").exists():
+        assert proc.poll() is None and time.time() < deadline, "sweep ended before the preemption"
+        time.sleep(0.01)
+    (pid,) = _task_pids(sweep / ".submitit")
+    os.kill(pid, signal.SIGUSR2)
+    assert proc.wait(timeout=300) == 0
+    run = sweep / "0"
+    assert _status(run) == "complete"
+    assert list(run.glob("env_resume_*.json")), "the job was not requeued (it finished first?)"
+    assert (run / "results.csv").read_text() == (tmp_path / "full" / "results.csv").read_text()
