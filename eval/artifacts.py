@@ -41,9 +41,9 @@ watermark pattern shared by all samples: that pattern is exactly what is measure
 (N_ref + 1)/(N_ref − 1) makes the denominator the expected E_B of a *fresh* real image (unbiased:
 E‖x − m_ref‖² = (1 + 1/N_ref) tr Σ, while the reference's own deviations average
 (1 − 1/N_ref) tr Σ), so held-out real data scores 1 on average, the reference set itself
-(N_ref − 1)/(N_ref + 1), and > 1 means excess energy in the watermark's band. ``band_energy_ratio_se`` is the delta-method
-standard error of the ratio of the two means. Any change of S_t's variance (collapse, blur) moves
-the ratio too: read it next to precision/recall, not alone.
+(N_ref − 1)/(N_ref + 1), and > 1 means excess energy in the watermark's band.
+``band_energy_ratio_se`` is the delta-method standard error of the ratio of the two means. Any
+change of S_t's variance (collapse, blur) moves the ratio too: read it next to precision/recall.
 
 The two statistics see different things. The projection is matched to a *fixed* pattern (a
 key-seeded mark with one message is largely the same residual on every image) and averages the

@@ -10,9 +10,10 @@
 
 Uncalibrated test. If decoded bits on a clean model's samples were i.i.d. fair coins, the total
 T = Σ_ij matches_ij of the M·K bits would be Binomial(MK, 1/2), and
-p_binomial = P(Bin(MK, 1/2) >= T) = ``scipy.stats.binom.sf(T - 1, MK, 0.5)``. Real decoders on generated images are neither: each bit
-has its own match rate (bias), and one image's bits move together (an image that happens to align
-with the carriers shifts all of them), so var(T) = M·var(k) exceeds MK/4. Over MK bits a bias of
+p_binomial = P(Bin(MK, 1/2) >= T) = ``scipy.stats.binom.sf(T - 1, MK, 0.5)``. Real decoders on
+generated images are neither fair nor independent: each bit has its own match rate (bias), and one
+image's bits move together (an image that happens to align with the carriers shifts all of them),
+so var(T) = M·var(k) exceeds MK/4. Over MK bits a bias of
 0.01 per bit is 0.02·sqrt(MK) binomial standard deviations (3.6 at M = 1000, K = 32), and
 overdispersion widens the real null further: the binomial FPR can be anywhere up to 1.
 
@@ -46,9 +47,9 @@ M and M0 the test would detect that difference. Check it on the run's own models
 model (another seed) tested against the first must not be flagged.
 
 Measured (tests/eval/test_radioactivity.py; K = 32, per-bit biases U(−0.03, 0.05), a per-image
-latent shift of all bits with sd 0.1, i.e. var(k) ~2.3x binomial; M = 400, M0 = 600; 2,000 null
+latent shift of all bits with sd 0.1, i.e. var(k) ~2.2x binomial; M = 400, M0 = 600; 2,000 null
 replicates): calibrated FPR 0.012 at alpha = 0.01 and 0.050 at 0.05; binomial FPR 0.49 and 0.64.
-Power at +0.02 match rate per bit, M = M0 = 2,000: 1.00 over 100 replicates.
+Power at +0.02 match rate per bit, M = M0 = 2,000: 1.00 over 200 replicates.
 """
 from __future__ import annotations
 

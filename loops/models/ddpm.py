@@ -43,7 +43,7 @@ from ..errors import LoopError, check_bias
 from .base import GenerativeModel, ProgressFn
 from .unet import UNet
 
-_ARCH = ("base_channels", "num_res_blocks", "attn_resolution", "groups")
+_ARCH = ("base_channels", "num_res_blocks", "attn_resolution", "groups", "patch_size")
 
 
 def make_betas(timesteps: int, schedule: str = "linear", beta_start: float = 1e-4,

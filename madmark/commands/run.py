@@ -15,15 +15,18 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict
 
+from eval.artifacts import add_growth
 from loops.engine import LoopEngine, LoopSettings
 from loops.families import LoopFamily
+from loops.stages import FilterStage, WatermarkStage
 from madmark.console import GenerationProgress, format_table
 from madmark.errors import MadmarkError
 from madmark.evaluation import spread_evaluator, vector_truth_evaluator
 from madmark.hydra_app import run_hydra
 from madmark.metrics import GenerationMetrics, make_extractor
-from madmark.report import SETTINGS, TABLE, write_report
+from madmark.report import CONSOLE_TABLE, SETTINGS, WATERMARK_SETTINGS, write_report
 from madmark.rundir import RunDir, environment
+from madmark.watermarking import RunWatermark, build_run_watermark
 
 
 def resolve_device(name: str) -> torch.device:
@@ -105,7 +108,7 @@ def run_loop(cfg: DictConfig) -> list[dict]:
     if status.get("state") == "complete":
         print(f"run {run.path} is already complete")
         rows = [run.checkpoints.load(t)["row"] for t in run.checkpoints.finished()]
-        print(format_table(rows, TABLE, SETTINGS))
+        print(format_table(rows, CONSOLE_TABLE, SETTINGS + WATERMARK_SETTINGS))
         return rows
     try:
         return _run(cfg, run, device)
@@ -117,6 +120,34 @@ def run_loop(cfg: DictConfig) -> list[dict]:
             run.write_status("failed", generations_done=done, error=str(error).splitlines()[0]
                              if str(error) else type(error).__name__)
         raise
+
+
+def with_growth(rows: list[dict]) -> list[dict]:
+    """Rows with artifact growth factors (eval.artifacts.add_growth) when they carry artifacts."""
+    if rows and "artifact_energy" in rows[0]:
+        return add_growth(rows)
+    return rows
+
+
+def attach_watermark(cfg: DictConfig, engine: LoopEngine, run_wm: RunWatermark | None) -> None:
+    """Add the watermark stage, the filter stage and the watermark columns to the engine."""
+    filter_cfg = cfg.get("filter")
+    filtering = filter_cfg is not None and bool(filter_cfg.enabled)
+    if run_wm is None:
+        if filtering:
+            raise MadmarkError("filter=detector needs a watermark to detect, but watermark=none",
+                               "add watermark=spread_spectrum (or another method), or filter=none")
+        return
+    engine.watermark = WatermarkStage(run_wm.mark, run_wm.method_name)
+    settings = run_wm.settings()
+    engine.evaluators.append(lambda t, samples, model: dict(settings))
+    if filtering:
+        alpha = float(filter_cfg.alpha)
+        if not 0 < alpha < 1:
+            raise MadmarkError(f"filter.alpha={alpha} is outside (0, 1)",
+                               "set filter.alpha to a false-positive rate such as 0.01")
+        engine.filter = FilterStage(run_wm.flag(alpha), min_pool=int(filter_cfg.min_pool),
+                                    alpha=alpha)
 
 
 def _run(cfg: DictConfig, run: RunDir, device: torch.device) -> list[dict]:
@@ -140,24 +171,28 @@ def _run(cfg: DictConfig, run: RunDir, device: torch.device) -> list[dict]:
                                                    int(cfg.seed), device))
     if splits.kind == "vector" and splits.true_mean is not None:
         engine.evaluators.append(vector_truth_evaluator(splits.true_mean, splits.true_cov))
+    run_wm = build_run_watermark(cfg, splits.sample_shape, splits.reference, device)
+    attach_watermark(cfg, engine, run_wm)
+    if run_wm is not None:
+        engine.evaluators.append(run_wm.artifact_evaluator(splits.train, splits.reference))
 
     def save(t: int, samples: torch.Tensor, rows: list[dict]) -> None:
         progress.close()
         if splits.kind == "image" and cfg.samples_grid > 0:
             run.save_grid(t, samples, n=int(cfg.samples_grid))
-        run.write_results(rows)
+        run.write_results(with_growth(rows))
         run.write_status("running", generations_done=t, generations=settings.generations)
         write_report(run.path)
 
     engine.hooks.append(save)
     run.write_status("running", generations_done=len(run.checkpoints.finished()),
                      generations=settings.generations)
-    rows = engine.run()
+    rows = with_growth(engine.run())
     progress.close()
     run.write_results(rows)
     run.write_status("complete", generations_done=len(rows), generations=settings.generations)
     write_report(run.path)
-    print(format_table(rows, TABLE, SETTINGS))
+    print(format_table(rows, CONSOLE_TABLE, SETTINGS + WATERMARK_SETTINGS))
     print(f"\nrun directory: {run.path}")
     return rows
 

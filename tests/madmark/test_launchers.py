@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from madmark.rundir import read_csv
-from tests.madmark.conftest import FAST, REPO, madmark_subprocess
+from tests.madmark.conftest import REPO, madmark_subprocess
 
+#: two generations of an analytic Gaussian loop without the feature metrics (~1 s in-process)
 TINY = ["data=gaussian", "model=gaussian", "loop.generations=2", "data.dim=2", "data.n_train=200",
         "data.n_reference=200", "eval.enabled=false", "progress=false"]
 
@@ -103,8 +104,8 @@ def _preempt_after_generation(monkeypatch, t: int) -> None:
 
 def test_auto_resume_continues_an_interrupted_run(cli, tmp_path, monkeypatch):
     full, cut = tmp_path / "full", tmp_path / "cut"
-    assert cli("run", *FAST, f"hydra.run.dir={full}")[0] == 0
-    command = ["run", *FAST, "auto_resume=true", f"hydra.run.dir={cut}"]
+    assert cli("run", *TINY, f"hydra.run.dir={full}")[0] == 0
+    command = ["run", *TINY, "auto_resume=true", f"hydra.run.dir={cut}"]
     with monkeypatch.context() as m:
         _preempt_after_generation(m, 1)
         assert cli(*command)[0] == -1
@@ -125,17 +126,17 @@ def test_auto_resume_continues_an_interrupted_run(cli, tmp_path, monkeypatch):
 
 def test_without_auto_resume_a_used_run_dir_is_refused(cli, tmp_path):
     run = tmp_path / "run"
-    assert cli("run", *FAST, f"hydra.run.dir={run}")[0] == 0
-    code, _, err = cli("run", *FAST, f"hydra.run.dir={run}")
+    assert cli("run", *TINY, f"hydra.run.dir={run}")[0] == 0
+    code, _, err = cli("run", *TINY, f"hydra.run.dir={run}")
     assert code == 2 and "already holds a run" in err and "auto_resume=true" in err
     assert len(err.strip().splitlines()) == 1
 
 
 def test_auto_resume_refuses_a_different_config(cli, tmp_path):
     run = tmp_path / "run"
-    assert cli("run", *FAST, "auto_resume=true", f"hydra.run.dir={run}")[0] == 0
+    assert cli("run", *TINY, "auto_resume=true", f"hydra.run.dir={run}")[0] == 0
     before = (run / "results.csv").read_text()
-    code, _, err = cli("run", *FAST, "auto_resume=true", "seed=1", "loop.bias=0.9",
+    code, _, err = cli("run", *TINY, "auto_resume=true", "seed=1", "loop.bias=0.9",
                        f"hydra.run.dir={run}")
     assert code == 2 and "another config" in err and "loop.bias, seed" in err
     assert len(err.strip().splitlines()) == 1

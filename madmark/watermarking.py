@@ -1,0 +1,173 @@
+"""The watermark of one run: key(s), method(s) and calibrated detectors, from ``cfg.watermark``.
+
+Builds the engine's watermark and filter stages (``loops.stages``) and the per-generation
+artifact meter (``eval.artifacts``) so that all three use the same keys and methods.
+
+Keys. ``watermark.key_file`` names a file holding the secret; only its path is recorded. Without
+it the run uses an *experiment key* derived from the run seed: reproducible, and explicitly not
+secret (anyone with the config can rebuild it) — fine for measuring autophagy, wrong for marking
+data you publish. With ``key_mode: generation`` each generation t marks with its own key derived
+from the run key and t; the filter then tests every key used so far and flags a sample when the
+smallest p-value, Bonferroni-corrected for the number of keys, is at most α.
+
+Detectors are calibrated on the held-out real reference split (never trained on), so their
+p-values account for the decoder's measured bit bias and correlation on this data.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from omegaconf import DictConfig
+
+from eval.artifacts import ArtifactMeter, WatermarkProbe
+from madmark.errors import MadmarkError
+from madmark.methods import build_method, secret_key
+from watermark import Detector, SecretKey
+from watermark.base import Watermarker
+
+KEY_MODES = ("run", "generation")
+
+
+def experiment_key(seed: int) -> SecretKey:
+    """The non-secret key of a run without ``watermark.key_file`` (a function of the seed only)."""
+    return SecretKey(f"madmark/experiment-key/seed={int(seed)}")
+
+
+class RunWatermark:
+    """Methods, keys and calibrated detectors of one run.
+
+    Args:
+        cfg: the ``watermark`` config group (method, bits, strength, key_file, key_mode, alpha,
+            batch_size, n_calibration).
+        seed: the run seed (experiment key).
+        image_shape: (C, H, W) of the data.
+        reference: (N_ref, C, H, W) held-out real images for calibration.
+        device: where marking and decoding run.
+    """
+
+    def __init__(self, cfg: DictConfig, seed: int, image_shape: tuple[int, ...],
+                 reference: torch.Tensor, device: torch.device):
+        if len(image_shape) != 3:
+            raise MadmarkError(f"watermark={cfg.method} needs image data, this data is vectors "
+                               f"of shape {tuple(image_shape)}",
+                               "use image data (e.g. data=mnist5k) or watermark=none")
+        if cfg.key_mode not in KEY_MODES:
+            raise MadmarkError(f"watermark.key_mode={cfg.key_mode} is not one of "
+                               f"{', '.join(KEY_MODES)}", "set watermark.key_mode=run or generation")
+        if not 0 < float(cfg.alpha) < 1:
+            raise MadmarkError(f"watermark.alpha={cfg.alpha} is outside (0, 1)",
+                               "set watermark.alpha to a false-positive rate such as 0.01")
+        self.cfg, self.device = cfg, device
+        self.alpha = float(cfg.alpha)
+        self.batch_size = int(cfg.batch_size)
+        self.key_source = "file" if cfg.key_file else "seed (experiment key, not secret)"
+        self._key = secret_key("", str(cfg.key_file)) if cfg.key_file else experiment_key(seed)
+        self._shape = tuple(int(s) for s in image_shape)
+        n_cal = cfg.n_calibration
+        self._calibration = reference if n_cal is None else reference[: int(n_cal)]
+        self._methods: dict[int, Watermarker] = {}
+        self._detectors: dict[int, Detector] = {}
+        self.method_name = str(cfg.method)
+        self.num_bits = self.method(1).num_bits
+
+    # -- keys and methods --------------------------------------------------------------------
+    def key_index(self, t: int) -> int:
+        """The key used to mark generation t's samples (1 for every t in run mode)."""
+        return 1 if self.cfg.key_mode == "run" else int(t)
+
+    def key(self, t: int) -> SecretKey:
+        if self.cfg.key_mode == "run":
+            return self._key
+        return SecretKey(self._key.derive(f"loop/generation/{int(t)}", 32))
+
+    def method(self, t: int) -> Watermarker:
+        i = self.key_index(t)
+        if i not in self._methods:
+            _, h, w = self._shape
+            method = build_method(self.method_name, self.key(t), h, w, int(self.cfg.bits),
+                                  float(self.cfg.strength))
+            if hasattr(method, "to"):
+                method.to(self.device)
+            self._methods[i] = method
+        return self._methods[i]
+
+    def message(self, t: int) -> torch.Tensor:
+        """(K,) float32 {0, 1}: the message marked into generation t's samples."""
+        return self.key(t).message(self.method(t).num_bits).to(self.device)
+
+    def detector(self, t: int) -> Detector:
+        """The detector of generation t's key, calibrated on the reference split (cached)."""
+        i = self.key_index(t)
+        if i not in self._detectors:
+            detector = Detector(self.method(t), self.message(t), alpha=self.alpha,
+                                batch_size=self.batch_size)
+            detector.calibrate(self._calibration.to(self.device).split(self.batch_size))
+            self._detectors[i] = detector
+        return self._detectors[i]
+
+    # -- what the engine calls ---------------------------------------------------------------
+    def mark(self, t: int, x: torch.Tensor) -> torch.Tensor:
+        """Images x (N, C, H, W) marked with generation t's key, in batches."""
+        method, message = self.method(t), self.message(t)
+        parts = [method.embed(chunk, message.expand(len(chunk), -1))
+                 for chunk in x.split(self.batch_size)]
+        return torch.cat(parts).clamp_(0, 1)
+
+    def p_values(self, t: int, x: torch.Tensor) -> torch.Tensor:
+        """(N,) float64: p-value that each image carries a mark of a generation before t.
+
+        Run mode: the calibrated p-value of the run key. Generation mode: the smallest p-value over
+        the keys of generations 1..max(1, t − 1), times their number (Bonferroni), capped at 1.
+        """
+        keys = range(1, max(1, t - 1) + 1) if self.cfg.key_mode == "generation" else [1]
+        p = torch.stack([self.detector(g).detect(x).p_value for g in keys])
+        return (p.min(0).values * len(keys)).clamp(max=1.0)
+
+    def flag(self, alpha: float):
+        """``flag(t, x) -> bool (N,)`` for the filter stage at false-positive rate ``alpha``."""
+        def flag(t: int, x: torch.Tensor) -> torch.Tensor:
+            return self.p_values(t, x) <= alpha
+        return flag
+
+    def artifact_evaluator(self, probe_images: torch.Tensor, reference: torch.Tensor):
+        """``evaluate(t, samples, model) -> dict``: inheritance and artifact energy of the unmarked
+        S_t (eval.artifacts) against the key of the most recent marked data, generation t − 1
+        (the run key in run mode). One probe and meter per key, built on first use.
+
+        Args:
+            probe_images: (n_probe, C, H, W) real images marked once to measure the mean residual
+                and the watermark's band.
+            reference: (N_ref, C, H, W) the held-out real reference split.
+        """
+        meters: dict[int, ArtifactMeter] = {}
+        probe_images = probe_images[: int(self.cfg.n_probe)].to(self.device)
+        reference = reference.to(self.device)
+
+        def evaluate(t: int, samples: torch.Tensor, model) -> dict:
+            g = max(1, t - 1)
+            i = self.key_index(g)
+            if i not in meters:
+                probe = WatermarkProbe(lambda x: self.mark(g, x), probe_images,
+                                       band_fraction=float(self.cfg.band_fraction),
+                                       batch_size=self.batch_size)
+                meters[i] = ArtifactMeter(probe, reference, self.detector(g), alpha=self.alpha,
+                                          batch_size=self.batch_size)
+            return meters[i](samples)
+
+        return evaluate
+
+    def settings(self) -> dict:
+        """Constant row columns naming what the watermark columns are computed with."""
+        return {"wm_method": self.method_name, "wm_bits": self.num_bits, "wm_alpha": self.alpha,
+                "wm_key": self.key_source, "wm_key_mode": str(self.cfg.key_mode),
+                "wm_n_calibration": len(self._calibration)}
+
+
+def build_run_watermark(cfg: DictConfig, image_shape: tuple[int, ...], reference: torch.Tensor,
+                        device: torch.device) -> Optional[RunWatermark]:
+    """The run's watermark, or None when ``watermark.enabled`` is false."""
+    wm = cfg.get("watermark")
+    if wm is None or not wm.enabled:
+        return None
+    return RunWatermark(wm, int(cfg.seed), image_shape, reference, device)
