@@ -15,6 +15,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
                "split a dataset into kept and flagged lists by watermark detection"),
     "eval-watermark": ("madmark.commands.eval_watermark",
                        "robustness table of a watermark method under the attack grid (Hydra)"),
+    "radioactivity": ("madmark.commands.radioactivity",
+                      "test whether a run's model was trained on data marked with its key"),
     "report": ("madmark.commands.report", "rewrite a run's report.md and plots from results.csv"),
 }
 

@@ -69,6 +69,7 @@ class RunWatermark:
         self._methods: dict[int, Watermarker] = {}
         self._detectors: dict[int, Detector] = {}
         self.method_name = str(cfg.method)
+        self.marks = bool(cfg.get("mark", True))   # false: measure only (the control arm)
         self.num_bits = self.method(1).num_bits
 
     # -- keys and methods --------------------------------------------------------------------
@@ -159,7 +160,8 @@ class RunWatermark:
 
     def settings(self) -> dict:
         """Constant row columns naming what the watermark columns are computed with."""
-        return {"wm_method": self.method_name, "wm_bits": self.num_bits, "wm_alpha": self.alpha,
+        return {"wm_method": self.method_name, "wm_marks": self.marks, "wm_bits": self.num_bits,
+                "wm_alpha": self.alpha,
                 "wm_key": self.key_source, "wm_key_mode": str(self.cfg.key_mode),
                 "wm_n_calibration": len(self._calibration)}
 

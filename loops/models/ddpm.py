@@ -133,8 +133,8 @@ class DDPMModel(GenerativeModel):
         timesteps: diffusion steps T (paper: 500).
         beta_schedule: ``linear`` (β from beta_start to beta_end) or ``cosine``.
         beta_start, beta_end: ends of the linear schedule.
-        base_channels, channel_mult, num_res_blocks, attn_resolution, dropout, groups: the
-            :class:`~loops.models.unet.UNet`.
+        base_channels, channel_mult, num_res_blocks, attn_resolution, dropout, groups,
+            patch_size: the :class:`~loops.models.unet.UNet` (patch_size must divide H and W).
         train_steps: optimiser steps per fit; ``epochs`` (if set) overrides it with
             ceil(epochs · N / batch_size).
         batch_size: global batch (split across ranks under torchrun).
@@ -156,7 +156,7 @@ class DDPMModel(GenerativeModel):
                  beta_start: float = 1e-4, beta_end: float = 0.02, base_channels: int = 64,
                  channel_mult: Sequence[int] = (1, 2, 2), num_res_blocks: int = 2,
                  attn_resolution: int = 7, dropout: float = 0.0, groups: int = 32,
-                 train_steps: int = 10_000, epochs: Optional[float] = None, batch_size: int = 128,
+                 patch_size: int = 1, train_steps: int = 10_000, epochs: Optional[float] = None, batch_size: int = 128,
                  lr: float = 2e-4, weight_decay: float = 0.0, warmup_steps: int = 500,
                  grad_clip: float = 1.0, ema_decay: float = 0.999, label_dropout: float = 0.1,
                  num_classes: Optional[int] = None, use_labels: bool = True,
@@ -175,8 +175,14 @@ class DDPMModel(GenerativeModel):
             raise LoopError("DDPM batch_size, train_steps and sample_batch_size must be >= 1",
                             "raise model.batch_size / model.train_steps / model.sample_batch_size")
         self.betas = make_betas(self.timesteps, beta_schedule, beta_start, beta_end)
+        ab_last = float(self.alphas_cumprod[-1])
+        if ab_last > 0.05:          # x_T keeps √ᾱ_T of the image: sampling from N(0, I) misfits
+            raise LoopError(f"DDPM schedule ends at ᾱ_T={ab_last:.3f}: x_T is far from N(0, I)",
+                            "raise model.beta_end or model.timesteps, or use beta_schedule=cosine "
+                            "(linear 1e-4..0.02 suits T >= 300; scale both ends by 1000/T)")
         self.arch = {"base_channels": int(base_channels), "num_res_blocks": int(num_res_blocks),
-                     "attn_resolution": int(attn_resolution), "groups": int(groups)}
+                     "attn_resolution": int(attn_resolution), "groups": int(groups),
+                     "patch_size": int(patch_size)}
         self.channel_mult = tuple(int(m) for m in channel_mult)
         self.dropout = float(dropout)
         self.train_steps, self.epochs, self.batch_size = int(train_steps), epochs, int(batch_size)

