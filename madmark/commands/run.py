@@ -84,10 +84,12 @@ def open_run(cfg: DictConfig) -> tuple[RunDir, DictConfig, bool]:
         recorded = run.read_config()
         asked = OmegaConf.create(OmegaConf.to_yaml(cfg, resolve=True))   # cfg as it would be recorded
         old, new = (dict(leaves(OmegaConf.to_container(c))) for c in (recorded, asked))
-        changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+        changed = sorted((k for k in old.keys() | new.keys() if old.get(k) != new.get(k)),
+                         key=lambda k: (k.count("."), k))          # shallow keys first: seed, ...
         if changed:
             raise MadmarkError(f"auto_resume: run directory {run.path} holds a run with another "
-                               f"config ({', '.join(changed[:4])} differ)",
+                               f"config ({', '.join(changed[:6])}{', ...' * (len(changed) > 6)} "
+                               "differ)",
                                "rerun the identical command, or set hydra.run.dir=<new folder>")
         with open_dict(recorded):
             recorded.progress, recorded.debug = cfg.progress, cfg.debug
