@@ -37,7 +37,12 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10_000.0) 
 
 
 def _norm(channels: int, groups: int) -> nn.GroupNorm:
-    return nn.GroupNorm(math.gcd(channels, groups), channels)
+    """GroupNorm with the most groups ≤ ``groups`` that divide ``channels`` and keep ≥ 4 channels
+    per group: a 1-channel group is an instance norm, which erases each channel's spatial mean (the
+    image brightness an ε-predictor must reproduce)."""
+    g = max(d for d in range(1, groups + 1)
+            if channels % d == 0 and channels // d >= min(4, channels))
+    return nn.GroupNorm(g, channels)
 
 
 class ResBlock(nn.Module):
@@ -89,7 +94,7 @@ class UNet(nn.Module):
             0 disables attention everywhere.
         num_classes: K > 0 for a class-conditional net (K + 1 embedding rows, row K = null class).
         dropout: dropout inside residual blocks.
-        groups: GroupNorm groups (gcd with the channel count, so small widths work).
+        groups: GroupNorm groups at most (fewer where a group would hold < 4 channels).
         image_size: (H, W) or H of the inputs, used to decide where attention goes.
         patch_size: p > 1 folds p×p pixel patches into channels first (``pixel_unshuffle``, H and W
             divisible by p) and unfolds them at the end: p² fewer positions, for cheap CPU runs.

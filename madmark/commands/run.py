@@ -82,7 +82,7 @@ def open_run(cfg: DictConfig) -> tuple[RunDir, DictConfig, bool]:
                     yield f"{prefix}{key}", value
 
         recorded = run.read_config()
-        asked = OmegaConf.create(OmegaConf.to_yaml(cfg, resolve=True))   # cfg as it would be recorded
+        asked = OmegaConf.create(OmegaConf.to_yaml(cfg, resolve=True))   # as it would be recorded
         old, new = (dict(leaves(OmegaConf.to_container(c))) for c in (recorded, asked))
         changed = sorted((k for k in old.keys() | new.keys() if old.get(k) != new.get(k)),
                          key=lambda k: (k.count("."), k))          # shallow keys first: seed, ...

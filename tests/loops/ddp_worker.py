@@ -90,10 +90,11 @@ class EmbedDecode(nn.Module):
 
 def train_step(module: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, m: torch.Tensor,
                alpha: float, quality_weight: float) -> None:
-    """watermark/train.py's step with attacks off, DDP-aware: x (N, C, H, W), m (N, K) global batch."""
+    """watermark/train.py's step, attacks off, DDP-aware: x (N, C, H, W), m (N, K) global batch."""
     scale, (x, m) = local_part(x, m)
     x_w, logits = module(x, m)
-    loss = F.binary_cross_entropy_with_logits(logits, m) + quality_weight * F.mse_loss(x_w, x) / alpha ** 2
+    bit_loss = F.binary_cross_entropy_with_logits(logits, m)
+    loss = bit_loss + quality_weight * F.mse_loss(x_w, x) / alpha ** 2
     opt.zero_grad(set_to_none=True)
     (scale * loss).backward()
     torch.nn.utils.clip_grad_norm_(module.parameters(), 1.0)
@@ -106,13 +107,14 @@ def make_wm():
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(WM["seed"])
-        return LearnedWatermarker(WM["num_bits"], WM["work_size"], WM["alpha"], wm_images().shape[1],
-                                  WM["width"], WM["msg_dim"])
+        return LearnedWatermarker(WM["num_bits"], WM["work_size"], WM["alpha"],
+                                  wm_images().shape[1], WM["width"], WM["msg_dim"])
 
 
 def wm_steps(optimizer: str = "adam") -> dict[str, torch.Tensor]:
-    """train_watermarker's loop with the curriculum at its last phase from step 0 and an empty attack
-    list: same initial weights, batches and messages. ``optimizer``: "adam" (train.py's) or "sgd"."""
+    """train_watermarker's loop with the curriculum at its last phase from step 0 and an empty
+    attack list: same initial weights, batches and messages. ``optimizer``: "adam" (train.py's)
+    or "sgd"."""
     from watermark.train import _gen
 
     images, wm = wm_images(), make_wm()
@@ -126,6 +128,49 @@ def wm_steps(optimizer: str = "adam") -> dict[str, torch.Tensor]:
         m = torch.randint(0, 2, (WM["batch_size"], WM["num_bits"]), generator=g).float()
         train_step(module, opt, images[idx], m, WM["alpha"], WM["quality_weight"])
     return wm.state_dict()
+
+
+# the DDPM step (c): a tiny conditional UNet, DDPM["steps"] SGD steps, clipped, on batches of 5
+DDPM = dict(steps=2, batch_size=5, classes=3, timesteps=50, lr=0.2, grad_clip=1.0)
+
+
+def make_unet() -> nn.Module:
+    """A tiny class-conditional ε-prediction UNet for (N, 1, 8, 8) images (attention included)."""
+    from loops.models.unet import UNet
+
+    torch.manual_seed(5)
+    return UNet(in_channels=1, base_channels=8, channel_mult=(1, 2), num_res_blocks=1,
+                attn_resolution=4, num_classes=DDPM["classes"], groups=4, image_size=8)
+
+
+def ddpm_batch(step: int) -> dict[str, torch.Tensor]:
+    """The global batch of ``step``: x0 in [-1, 1], labels, t, noise, label-dropout mask."""
+    g, b = torch.Generator().manual_seed(2000 + step), DDPM["batch_size"]
+    return {"x0": torch.rand(b, 1, 8, 8, generator=g) * 2 - 1,
+            "labels": torch.randint(0, DDPM["classes"], (b,), generator=g),
+            "t": torch.randint(0, DDPM["timesteps"], (b,), generator=g),
+            "noise": torch.randn(b, 1, 8, 8, generator=g),
+            "drop_mask": torch.rand(b, generator=g) < 0.4}
+
+
+def alphas_cumprod() -> torch.Tensor:
+    from loops.models.ddpm import make_betas
+
+    return torch.cumprod(1 - make_betas(DDPM["timesteps"]), 0)
+
+
+def ddpm_steps() -> dict[str, torch.Tensor]:
+    """loops.models.ddpm.ddpm_train_step under DDP; the state after DDPM["steps"] steps and the
+    global mean losses it returned."""
+    from loops.models.ddpm import ddpm_train_step
+
+    net = dist.wrap(make_unet())
+    opt = torch.optim.SGD(net.parameters(), lr=DDPM["lr"])
+    losses = [ddpm_train_step(net, opt, **ddpm_batch(step), alphas_cumprod=alphas_cumprod(),
+                              null_class=DDPM["classes"], grad_clip=DDPM["grad_clip"])
+              for step in range(DDPM["steps"])]
+    state = {k: v.detach().clone() for k, v in dist.unwrap(net).state_dict().items()}
+    return {"state": state, "losses": torch.stack(losses)}
 
 
 def collectives() -> dict[str, object]:
@@ -151,6 +196,12 @@ def main(out_dir: str) -> None:
     dist.init()
     result = {"collectives": collectives(), "conv": conv_steps(), "wm": wm_steps("sgd"),
               "wrapped": type(dist.wrap(nn.Linear(1, 1))).__name__}
+    try:
+        from loops.models import ddpm          # written in parallel: run (c) once it exists
+    except ImportError:
+        ddpm = None
+    if hasattr(ddpm, "ddpm_train_step"):
+        result["ddpm"] = ddpm_steps()
     torch.save(result, Path(out_dir) / f"rank{dist.rank()}.pt")
     dist.shutdown()
 

@@ -19,7 +19,7 @@ TOL = 1e-5
 
 @pytest.fixture(autouse=True)
 def _one_torch_thread():
-    """One torch thread in this process (the shared 2-core machine; see tests/watermark/conftest)."""
+    """One torch thread in this process (shared 2-core machines; see tests/watermark/conftest)."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -105,7 +105,8 @@ def test_all_reduce_sum_over_two_ranks(ranks):
 
 
 def test_all_gather_cat_with_unequal_and_empty_parts(ranks):
-    parts = [torch.arange((r + 2) * 3, dtype=torch.float32).view(r + 2, 3) + 100 * r for r in (0, 1)]
+    parts = [torch.arange((r + 2) * 3, dtype=torch.float32).view(r + 2, 3) + 100 * r
+             for r in (0, 1)]
     for res in ranks:
         c = res["collectives"]
         assert torch.equal(c["cat_unequal"], torch.cat(parts))
@@ -117,7 +118,7 @@ def test_all_gather_cat_with_unequal_and_empty_parts(ranks):
 
 
 def test_ddp_conv_net_steps_equal_single_process_steps(ranks):
-    """Global batches of 7 split 4 / 3; the reference takes the plain mean loss on the whole batch."""
+    """Global batches of 7 split 4 / 3; the reference takes the plain mean loss of the batch."""
     model = worker.make_convnet()
     opt = torch.optim.SGD(model.parameters(), lr=worker.CONV_LR, momentum=0.9)
     for step in range(worker.CONV_STEPS):
@@ -139,8 +140,9 @@ def test_watermark_train_step_mirrors_train_watermarker():
 
     w = worker.WM
     images = worker.wm_images()
-    model, _ = train_watermarker(images, images[:4], num_bits=w["num_bits"], work_size=w["work_size"],
-                                 alpha=w["alpha"], steps=w["steps"], batch_size=w["batch_size"],
+    model, _ = train_watermarker(images, images[:4], num_bits=w["num_bits"],
+                                 work_size=w["work_size"], alpha=w["alpha"], steps=w["steps"],
+                                 batch_size=w["batch_size"],
                                  lr=w["lr"], attack_names=(), seed=w["seed"], width=w["width"],
                                  msg_dim=w["msg_dim"], quality_weight=w["quality_weight"],
                                  warmup_frac=0.0, ramp_frac=0.0, val_every=0, checkpoint_every=0,
@@ -157,11 +159,30 @@ def test_ddp_watermark_steps_equal_single_process_steps(ranks):
         assert _max_diff(res["wm"], reference) <= TOL
 
 
-def test_ddp_ddpm_step_equals_single_process_step(ranks):
-    """(c) loops/models/ddpm.py's DDP-aware train step; skipped until that module exposes one."""
+def test_ddp_ddpm_steps_equal_single_process_steps(ranks):
+    """(c) loops.models.ddpm.ddpm_train_step on 2 ranks (batch of 5 split 3 / 2, label dropout,
+    clipping) against the plain single-process step: the ε-MSE mean over the whole batch."""
     ddpm = pytest.importorskip("loops.models.ddpm", reason="loops/models/ddpm.py not written yet")
-    if not hasattr(ddpm, "train_step"):
-        pytest.skip("loops.models.ddpm has no single-step function train_step yet")
-    assert "ddpm" in ranks[0], "ddp_worker.py does not run the DDPM step yet: add it there"
+    if not hasattr(ddpm, "ddpm_train_step"):
+        pytest.skip("loops.models.ddpm has no single-step function ddpm_train_step")
+    assert "ddpm" in ranks[0], "the worker found no ddpm_train_step (module changed meanwhile?)"
+    p = worker.DDPM
+    net = worker.make_unet()
+    opt = torch.optim.SGD(net.parameters(), lr=p["lr"])
+    ab_all, losses = worker.alphas_cumprod(), []
+    for step in range(p["steps"]):
+        b = worker.ddpm_batch(step)
+        y = torch.where(b["drop_mask"], torch.full_like(b["labels"], p["classes"]), b["labels"])
+        ab = ab_all[b["t"]].float().view(-1, 1, 1, 1)
+        x_t = ab.sqrt() * b["x0"] + (1 - ab).sqrt() * b["noise"]
+        loss = F.mse_loss(net(x_t, b["t"], y), b["noise"])
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), p["grad_clip"])
+        opt.step()
+        losses.append(loss.detach())
+    reference = net.state_dict()
+    assert _max_diff(reference, worker.make_unet().state_dict()) > 1e-2     # the steps moved it
     for res in ranks:
-        assert _max_diff(res["ddpm"], ranks[0]["ddpm_reference"]) <= TOL
+        assert _max_diff(res["ddpm"]["state"], reference) <= TOL
+        assert torch.allclose(res["ddpm"]["losses"], torch.stack(losses), rtol=0, atol=1e-6)

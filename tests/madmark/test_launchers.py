@@ -1,4 +1,4 @@
-"""Hydra launchers as config choices (joblib, Slurm via submitit) and auto_resume for requeued jobs."""
+"""Hydra launchers as config choices (joblib, Slurm via submitit); auto_resume of requeued jobs."""
 import json
 import os
 import signal
@@ -15,6 +15,8 @@ from tests.madmark.conftest import REPO, madmark_subprocess
 #: two generations of an analytic Gaussian loop without the feature metrics (~1 s in-process)
 TINY = ["data=gaussian", "model=gaussian", "loop.generations=2", "data.dim=2", "data.n_train=200",
         "data.n_reference=200", "eval.enabled=false", "progress=false"]
+NO_JOBLIB = "hydra-joblib-launcher is not installed (pip install 'madmark[joblib]')"
+NO_SUBMITIT = "hydra-submitit-launcher is not installed (pip install 'madmark[slurm]')"
 
 
 def _status(run: Path) -> str:
@@ -24,8 +26,7 @@ def _status(run: Path) -> str:
 # ---- joblib -------------------------------------------------------------------------------------
 
 def test_joblib_multirun_equals_the_basic_launcher(tmp_path, cli):
-    pytest.importorskip("hydra_plugins.hydra_joblib_launcher",
-                        reason="hydra-joblib-launcher not installed (pip install 'madmark[joblib]')")
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher", reason=NO_JOBLIB)
     sweep = ["-m", *TINY, "seed=0,1", f"out_dir={tmp_path / 'outputs'}"]
     done = madmark_subprocess("run", *sweep, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
                               f"hydra.sweep.dir={tmp_path / 'joblib'}", timeout=240)
@@ -38,7 +39,8 @@ def test_joblib_multirun_equals_the_basic_launcher(tmp_path, cli):
         assert _status(run) == "complete"
         assert json.loads((run / "env.json").read_text())["seed"] == seed
         assert [r["generation"] for r in read_csv(run / "results.csv")] == ["1", "2"]
-        assert (run / "results.csv").read_text() == (tmp_path / "basic" / job / "results.csv").read_text()
+        basic = tmp_path / "basic" / job / "results.csv"
+        assert (run / "results.csv").read_text() == basic.read_text()
     assert (tmp_path / "joblib" / "0" / "results.csv").read_text() != \
         (tmp_path / "joblib" / "1" / "results.csv").read_text()
 
@@ -48,8 +50,7 @@ def test_joblib_multirun_equals_the_basic_launcher(tmp_path, cli):
 def test_slurm_launcher_config_becomes_sbatch_options(tmp_path, monkeypatch):
     """Compose hydra/launcher=slurm, let the real launcher build its submitit executor (a stub
     ``srun`` on PATH stands in for the cluster) and read the sbatch script it would submit."""
-    pytest.importorskip("hydra_plugins.hydra_submitit_launcher",
-                        reason="hydra-submitit-launcher not installed (pip install 'madmark[slurm]')")
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason=NO_SUBMITIT)
     import submitit
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
@@ -146,7 +147,7 @@ def test_auto_resume_refuses_a_different_config(cli, tmp_path):
 # ---- a real preemption: submitit's local executor requeues the job ------------------------------
 
 def _task_pids(submitit_dir: Path) -> list[int]:
-    """Processes running submitit tasks of this sweep (``python -m submitit.core._submit <dir>``)."""
+    """Processes running this sweep's submitit tasks (``python -m submitit.core._submit <dir>``)."""
     pids = []
     for proc in Path("/proc").iterdir():
         try:
@@ -163,8 +164,7 @@ def _task_pids(submitit_dir: Path) -> list[int]:
 def test_preempted_submitit_job_is_requeued_and_resumes(tmp_path):
     """USR2 (Slurm's preemption / timeout warning, here from the test) makes submitit requeue the
     job; the requeued job lands in the same folder and auto_resume continues it."""
-    pytest.importorskip("hydra_plugins.hydra_submitit_launcher",
-                        reason="hydra-submitit-launcher not installed (pip install 'madmark[slurm]')")
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason=NO_SUBMITIT)
     args = ["data=digits", "model=pca_gmm", "model.n_components=16", "model.gmm_components=8",
             "model.max_iter=60", "loop.generations=8", "eval.enabled=false", "progress=false",
             "seed=7", "auto_resume=true", f"out_dir={tmp_path / 'outputs'}"]
