@@ -11,13 +11,15 @@ it every helper degrades to its single-process meaning (rank 0 of 1, reductions 
     total = dist.all_reduce_sum(partial)          # sums over ranks (in place, returned)
     x = dist.all_gather_cat(local_x)              # concatenation over ranks, rank order
     if dist.is_main(): write(...)                 # only rank 0 writes files
+    with dist.main_first(): load_or_download()    # rank 0 fills caches, then the others read them
 
 Backend: NCCL when CUDA is available, else gloo (``MADMARK_DIST_BACKEND`` overrides).
 """
 from __future__ import annotations
 
 import os
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 import torch
 import torch.distributed as tdist
@@ -72,6 +74,19 @@ def is_main() -> bool:
 def barrier() -> None:
     if is_initialized():
         tdist.barrier()
+
+
+@contextmanager
+def main_first() -> Iterator[None]:
+    """Rank 0 runs the block first, the other ranks after it (EDM2's "rank 0 downloads first"):
+    for setup that may fill a cache or download (data, feature networks), which the others then
+    read. The block must not call collectives. If rank 0 raises inside it, the others wait until
+    torchrun stops them (it does when one process fails)."""
+    if not is_main():
+        barrier()
+    yield
+    if is_main():
+        barrier()
 
 
 def default_device() -> torch.device:

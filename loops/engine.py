@@ -11,6 +11,12 @@ One generation t (DESIGN.md):
 
 The engine knows nothing of data files, configs or run directories: it gets real data as tensors
 and callables, and writes only to its :class:`~loops.checkpoint.Checkpoints`.
+
+Under ``torchrun`` (:mod:`loops.distributed`) every rank runs the same loop: the random streams
+derive from (seed, generation, purpose), so all ranks compose the same pools and draw the same
+S_t; a distributed-aware model (the DDPM) splits its training and sampling across ranks, any other
+model simply runs identically on every rank. Only rank 0 writes checkpoints, and no rank starts a
+generation before every rank has read the finished ones (resume).
 """
 from __future__ import annotations
 
@@ -19,6 +25,7 @@ from typing import Any, Callable, Optional, Protocol
 
 import torch
 
+from loops import distributed as dist
 from loops.checkpoint import Checkpoints
 from loops.errors import LoopError, check_bias
 from loops.families import LoopFamily
@@ -31,7 +38,8 @@ Row = dict[str, Any]
 #: ``evaluator(t, samples, model) -> dict`` adds metric columns to generation t's row.
 Evaluator = Callable[[int, torch.Tensor, GenerativeModel], dict[str, Any]]
 #: ``hook(t, samples, rows)`` runs after generation t is checkpointed; ``rows`` holds the rows of
-#: generations 1..t (sample grids, results.csv).
+#: generations 1..t (sample grids, results.csv). Hooks run on every rank: writers check
+#: ``loops.distributed.is_main()``.
 Hook = Callable[[int, torch.Tensor, list[Row]], None]
 
 
@@ -90,7 +98,8 @@ class LoopEngine:
         make_model: builds a new, untrained model (called once per generation).
         family: the loop family and history mode.
         settings: sizes, bias and seed.
-        checkpoints: where finished generations are stored; existing ones are resumed from.
+        checkpoints: where finished generations are stored (by rank 0 only); existing ones are
+            resumed from.
         device: where pools, models and samples live.
         evaluators: add metric columns to each row, computed on the unmarked samples S_t.
         hooks: run after each generation is checkpointed.
@@ -146,6 +155,7 @@ class LoopEngine:
     def run(self) -> list[Row]:
         """Run generations after the last finished one; returns the rows of all generations."""
         history, rows = self.resume_state()
+        dist.barrier()      # every rank has read the finished generations before rank 0 adds one
         for t in range(len(rows) + 1, self.settings.generations + 1):
             samples, produced, row = self.generation(t, history)
             history.append(produced.subset(self._pooled(len(produced))))
@@ -204,9 +214,11 @@ class LoopEngine:
             x[pooled] = marked_x.to(x.dtype)
             produced = Pool(x, produced.origin, pooled.clone(), produced.label)
             row.update(wm_stats)
-        self.checkpoints.save(t, {"generation": t, "samples": produced.x.cpu(),
-                                  "origin": produced.origin.cpu(), "marked": produced.marked.cpu(),
-                                  "label": produced.label.cpu(),
-                                  "model": {k: v.cpu() for k, v in model.state_dict().items()},
-                                  "row": row})
+        if dist.is_main():                          # the other ranks hold the same state
+            self.checkpoints.save(t, {"generation": t, "samples": produced.x.cpu(),
+                                      "origin": produced.origin.cpu(),
+                                      "marked": produced.marked.cpu(),
+                                      "label": produced.label.cpu(),
+                                      "model": {k: v.cpu() for k, v in model.state_dict().items()},
+                                      "row": row})
         return samples, produced, row

@@ -44,7 +44,9 @@ class WatermarkStage:
     method: str = "watermark"
 
     def __call__(self, t: int, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        """Marked copy of x (N, C, H, W) and the row columns ``wm_psnr`` (dB), ``n_marked_new``."""
+        """Marked copy of x (N, C, H, W) and the row columns ``wm_psnr`` (dB) and
+        ``n_marked_new`` (samples the mark changed: fewer than N when the marking callable skips
+        samples that already carry the mark)."""
         if x.ndim != 4:
             raise LoopError(f"the watermark stage needs images (N, C, H, W), got shape "
                             f"{tuple(x.shape)}", "use image data (e.g. data=mnist5k) or watermark=none")
@@ -52,7 +54,8 @@ class WatermarkStage:
         if marked.shape != x.shape:
             raise LoopError(f"watermark method {self.method} returned shape {tuple(marked.shape)} "
                             f"for images {tuple(x.shape)}", "check the method's image-size limits")
-        return marked, {"wm_psnr": psnr_db(marked, x), "n_marked_new": len(x)}
+        changed = int((marked != x).flatten(1).any(1).sum())
+        return marked, {"wm_psnr": psnr_db(marked, x), "n_marked_new": changed}
 
 
 @dataclass

@@ -7,6 +7,10 @@ a generation only costs the features of its own samples S_t, one real × fake pa
 Columns added to each row: precision, recall, density, coverage (k-NN manifolds, k), fid,
 kid, kid_std, and the setting they were computed on: features, n_real_eval, n_fake_eval, k,
 kid_subsets, kid_subset_size.
+
+Under ``torchrun`` each rank extracts the features of its ``shard(N)`` of the samples (and of the
+reference, once), and the parts are gathered in rank order, so every rank holds all N features and
+computes the same row (the k-NN metrics, FID and KID on all of them; cheap next to extraction).
 """
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ from eval.features import FeatureUnavailable, build_extractor
 from eval.features.factory import build_lenet_extractor
 from eval.fid import FeatureStats, frechet_distance, kid
 from eval.prdc import RealManifold
+from loops import distributed as dist
 from loops.seeding import generator
 from madmark.data.base import Splits
 from madmark.errors import MadmarkError
@@ -100,12 +105,22 @@ class GenerationMetrics:
         self.cfg, self.extractor, self.seed, self.device = cfg, extractor, seed, device
         n_real = len(reference) if cfg.n_real is None else min(int(cfg.n_real), len(reference))
         self.batch_size = int(cfg.features.batch_size)
-        self.real = extractor.extract(reference[:n_real], batch_size=self.batch_size,
-                                      device=device)
+        self.real = self.features(reference[:n_real])
         self.manifold = RealManifold(self.real, int(cfg.k), device=device)
         self.real_stats = FeatureStats.from_features(self.real.double())
         self.describe = extractor.describe()
         self._warn_small("reference", len(self.real))
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, d) float32 CPU features of x (N, ...). Under torchrun each rank extracts its
+        ``shard(N)`` and the parts are gathered (on the run's device, which the collective
+        backend moves) in rank order; with fewer samples than ranks, every rank extracts all."""
+        world = dist.world_size()
+        if world == 1 or len(x) < world:
+            return self.extractor.extract(x, batch_size=self.batch_size, device=self.device)
+        mine = self.extractor.extract(x[dist.shard(len(x))], batch_size=self.batch_size,
+                                      device=self.device)
+        return dist.all_gather_cat(mine.to(self.device)).cpu()
 
     def _warn_small(self, which: str, n: int) -> None:
         d = self.real.shape[1]
@@ -116,8 +131,7 @@ class GenerationMetrics:
     def __call__(self, t: int, samples: torch.Tensor, model: Any = None) -> dict[str, Any]:
         cfg = self.cfg
         n_fake = len(samples) if cfg.n_fake is None else min(int(cfg.n_fake), len(samples))
-        fake = self.extractor.extract(samples[:n_fake], batch_size=self.batch_size,
-                                      device=self.device)
+        fake = self.features(samples[:n_fake])
         row: dict[str, Any] = dict(self.manifold.score(fake))
         if cfg.fid:
             if t == 1:

@@ -13,17 +13,18 @@ Every random draw — init, batch order, timesteps, noise, label-dropout mask, d
 ``generator``, so one seed gives one model. Sampling: DDIM with ``sample_steps`` steps and
 ``ddim_eta`` (``sample_steps = timesteps`` with ``ddim_eta = 1`` is ancestral DDPM sampling).
 
-Distributed (same code under ``torchrun`` and plain python, via :mod:`loops.distributed`): every rank
-draws the same GLOBAL batch (indices, t, noise, mask) from the same seed, and the one training step
+Distributed (same code under ``torchrun`` and plain python, via :mod:`loops.distributed`): every
+rank draws the same GLOBAL batch (indices, t, noise, mask) from the same seed, and one training step
 
     ddpm_train_step(net, optimizer, x0, labels, t, noise, drop_mask, alphas_cumprod, *,
                     null_class=0, amp_dtype=None, grad_clip=0.0) -> loss (0-dim tensor)
 
 takes that global batch (x0 (B, C, H, W) in [−1, 1]; labels int64 (B,) or None; t int64 (B,);
 noise (B, C, H, W); drop_mask bool (B,) or None; alphas_cumprod (T,)), computes the loss on this
-rank's rows ``shard(B)`` as Σ_local per-sample-MSE · world_size / B, so DDP's gradient average equals
-the gradient of the mean loss over the global batch, steps ``optimizer`` and returns the global mean
-loss (all-reduced). ``net`` is the UNet or its DDP wrapper. Sampling splits each global chunk of
+rank's rows ``shard(B)`` as Σ_local per-sample-MSE · world_size / B, so DDP's gradient average
+equals the gradient of the mean loss over the global batch, steps ``optimizer`` and returns the
+global mean loss (all-reduced). ``net`` is the UNet or its DDP wrapper. Initial weights are equal
+on every rank (same seed; DDP broadcasts rank 0's anyway). Sampling splits each global chunk of
 ``sample_batch_size`` rows across ranks and concatenates them back (results do not depend on the
 number of ranks).
 """
@@ -56,7 +57,8 @@ def make_betas(timesteps: int, schedule: str = "linear", beta_start: float = 1e-
         s = torch.arange(timesteps + 1, dtype=torch.float64) / timesteps
         f = torch.cos((s + 0.008) / 1.008 * math.pi / 2) ** 2
         return (1 - f[1:] / f[:-1]).clamp(max=0.999)
-    raise LoopError(f"unknown beta schedule {schedule!r}", "set model.beta_schedule to linear or cosine")
+    raise LoopError(f"unknown beta schedule {schedule!r}",
+                    "set model.beta_schedule to linear or cosine")
 
 
 def ddim_timesteps(timesteps: int, steps: int) -> torch.Tensor:
@@ -156,7 +158,8 @@ class DDPMModel(GenerativeModel):
                  beta_start: float = 1e-4, beta_end: float = 0.02, base_channels: int = 64,
                  channel_mult: Sequence[int] = (1, 2, 2), num_res_blocks: int = 2,
                  attn_resolution: int = 7, dropout: float = 0.0, groups: int = 32,
-                 patch_size: int = 1, train_steps: int = 10_000, epochs: Optional[float] = None, batch_size: int = 128,
+                 patch_size: int = 1, train_steps: int = 10_000, epochs: Optional[float] = None,
+                 batch_size: int = 128,
                  lr: float = 2e-4, weight_decay: float = 0.0, warmup_steps: int = 500,
                  grad_clip: float = 1.0, ema_decay: float = 0.999, label_dropout: float = 0.1,
                  num_classes: Optional[int] = None, use_labels: bool = True,
@@ -170,7 +173,8 @@ class DDPMModel(GenerativeModel):
             raise LoopError(f"label_dropout={label_dropout} is outside [0, 1)",
                             "set model.label_dropout to e.g. 0.1")
         if precision not in ("auto", "bf16", "fp32"):
-            raise LoopError(f"unknown precision {precision!r}", "set model.precision to auto, bf16 or fp32")
+            raise LoopError(f"unknown precision {precision!r}",
+                            "set model.precision to auto, bf16 or fp32")
         if int(batch_size) < 1 or int(train_steps) < 1 or int(sample_batch_size) < 1:
             raise LoopError("DDPM batch_size, train_steps and sample_batch_size must be >= 1",
                             "raise model.batch_size / model.train_steps / model.sample_batch_size")
@@ -179,14 +183,15 @@ class DDPMModel(GenerativeModel):
         if ab_last > 0.05:          # x_T keeps √ᾱ_T of the image: sampling from N(0, I) misfits
             raise LoopError(f"DDPM schedule ends at ᾱ_T={ab_last:.3f}: x_T is far from N(0, I)",
                             "raise model.beta_end or model.timesteps, or use beta_schedule=cosine "
-                            "(linear 1e-4..0.02 suits T >= 300; scale both ends by 1000/T)")
+                            "(linear 1e-4..0.02 suits T >= 300; below, scale both ends by 500/T)")
         self.arch = {"base_channels": int(base_channels), "num_res_blocks": int(num_res_blocks),
                      "attn_resolution": int(attn_resolution), "groups": int(groups),
                      "patch_size": int(patch_size)}
         self.channel_mult = tuple(int(m) for m in channel_mult)
         self.dropout = float(dropout)
         self.train_steps, self.epochs, self.batch_size = int(train_steps), epochs, int(batch_size)
-        self.lr, self.weight_decay, self.warmup_steps = float(lr), float(weight_decay), int(warmup_steps)
+        self.lr, self.weight_decay = float(lr), float(weight_decay)
+        self.warmup_steps = int(warmup_steps)
         self.grad_clip, self.ema_decay = float(grad_clip), float(ema_decay)
         self.label_dropout, self.use_labels = float(label_dropout), bool(use_labels)
         self.num_classes_cfg = None if num_classes is None else int(num_classes)
@@ -222,8 +227,16 @@ class DDPMModel(GenerativeModel):
         if not bool(torch.isfinite(x).all()):
             raise LoopError("DDPMModel got non-finite (NaN/inf) training data",
                             "check the data source or the previous generation's samples")
-        n, device, gdev = x.shape[0], x.device, generator.device
-        y, k = self._labels(labels, n, device) if self.use_labels and labels is not None else (None, 0)
+        n, device, gdev, p = x.shape[0], x.device, generator.device, self.arch["patch_size"]
+        if x.shape[2] % p or x.shape[3] % p:
+            raise LoopError(f"model.patch_size={p} does not divide the image size "
+                            f"{tuple(x.shape[2:])}", "set model.patch_size to 1 or a divisor")
+        if self.batch_size < dist.world_size():
+            raise LoopError(f"model.batch_size={self.batch_size} < {dist.world_size()} ranks",
+                            "raise model.batch_size (it is the global batch)")
+        y, k = None, 0
+        if self.use_labels and labels is not None:
+            y, k = self._labels(labels, n, device)
         self.shape, self.num_classes = tuple(int(s) for s in x.shape[1:]), k
         steps = (math.ceil(float(self.epochs) * n / self.batch_size) if self.epochs
                  else self.train_steps)
@@ -243,7 +256,9 @@ class DDPMModel(GenerativeModel):
         return {"loss": smooth, "loss_initial": float(first), "steps": float(steps),
                 "images_per_s": images_per_s, "num_classes": float(k)}
 
-    def _labels(self, labels: torch.Tensor, n: int, device: torch.device) -> tuple[torch.Tensor, int]:
+    def _labels(self, labels: torch.Tensor, n: int,
+                device: torch.device) -> tuple[torch.Tensor, int]:
+        """Validated labels int64 (n,) on ``device`` and the class count K."""
         if labels.shape != (n,) or labels.dtype.is_floating_point:
             raise LoopError(f"DDPM labels of shape {tuple(labels.shape)}, dtype {labels.dtype}",
                             f"pass int64 labels of shape ({n},)")
@@ -335,7 +350,8 @@ class DDPMModel(GenerativeModel):
                     tt = torch.full((x.shape[0],), ts[i], device=device, dtype=torch.long)
                     eps = guided_eps(self.net, x, tt, y, w, k)
                 ab_prev = float(ab[ts[i - 1]]) if i > 0 else 1.0
-                x = ddim_step(x, eps, float(ab[ts[i]]), ab_prev, self.ddim_eta, z, self.clip_denoised)
+                x = ddim_step(x, eps, float(ab[ts[i]]), ab_prev, self.ddim_eta, z,
+                              self.clip_denoised)
             chunks.append(dist.all_gather_cat(x))
         out = torch.cat(chunks) if chunks else torch.empty((0, *self.shape), device=device)
         return ((out + 1) / 2).clamp(0.0, 1.0)           # clamp keeps NaN: the engine sees it

@@ -11,8 +11,8 @@ with skip concatenation and nearest upsampling to the skip's size (odd sizes suc
 max(H, W) ≤ ``attn_resolution`` (0 = only none, the middle block keeps its attention when > 0).
 
 Conditioning: the timestep enters as a sinusoidal embedding (width ``base_channels``) through an MLP
-to width 4·``base_channels``; with ``num_classes`` = K > 0 a learned class embedding of K + 1 rows is
-added, row K being the "null" class used for classifier-free guidance (label dropout in training,
+to width 4·``base_channels``; with ``num_classes`` = K > 0 a learned class embedding of K + 1 rows
+is added, row K being the "null" class used for classifier-free guidance (label dropout in training,
 the unconditional branch in sampling). With K = 0 the network is unconditional and ignores ``y``.
 """
 from __future__ import annotations
@@ -109,7 +109,8 @@ class UNet(nn.Module):
         ch, emb_dim, p = int(base_channels), 4 * int(base_channels), int(patch_size)
         self.base_channels, self.num_classes, self.patch_size = ch, int(num_classes), p
         in_channels, size = in_channels * p * p, -(-size // p)
-        self.time_mlp = nn.Sequential(nn.Linear(ch, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        self.time_mlp = nn.Sequential(nn.Linear(ch, emb_dim), nn.SiLU(),
+                                      nn.Linear(emb_dim, emb_dim))
         self.class_emb = nn.Embedding(self.num_classes + 1, emb_dim) if self.num_classes else None
         self.conv_in = nn.Conv2d(in_channels, ch, 3, padding=1)
 

@@ -4,39 +4,67 @@
     madmark run data=gaussian model=gaussian loop.bias=0.8
     madmark run -m loop.bias=1.0,0.8 seed=0,1    # Hydra multirun sweep
     madmark run resume=outputs/default/<date-time>
+    torchrun --standalone --nproc_per_node=4 -m madmark run model=ddpm device=cuda ...
+
+Under torchrun (docs/scaling.md) every rank runs the loop; rank 0 picks the run directory and the
+resume decision and broadcasts them, and only rank 0 writes (Hydra's own files included).
 """
 from __future__ import annotations
 
+import os
 import shutil
 import time
+from typing import Optional
 
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from eval.artifacts import add_growth
+from loops import distributed as dist
 from loops.engine import LoopEngine, LoopSettings
 from loops.families import LoopFamily
 from loops.stages import FilterStage, WatermarkStage
 from madmark.console import GenerationProgress, format_table
 from madmark.errors import MadmarkError
 from madmark.evaluation import spread_evaluator, vector_truth_evaluator
-from madmark.hydra_app import run_hydra
+from madmark.hydra_app import report_error, run_hydra
 from madmark.metrics import GenerationMetrics, make_extractor
 from madmark.report import CONSOLE_TABLE, SETTINGS, WATERMARK_SETTINGS, write_report
 from madmark.rundir import RunDir, environment
 from madmark.watermarking import RunWatermark, build_run_watermark
 
 
+#: Hydra overrides of ranks > 0 under torchrun: no output folder, .hydra/ or log file of their own
+#: (with resume=<dir>, Hydra's run dir stays <dir>, which already exists)
+WORKER_OVERRIDES = ("hydra.run.dir=.", "hydra.output_subdir=null", "hydra/job_logging=none")
+
+
 def resolve_device(name: str) -> torch.device:
+    """The run's device; under torchrun a CUDA device (``auto``, ``cuda``, ``cuda:N``) becomes
+    this process's GPU, ``cuda:LOCAL_RANK``."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise MadmarkError(f"device={name} but no CUDA GPU is available",
                            "set device=cpu (or device=auto)")
+    if device.type == "cuda" and dist.world_size() > 1:
+        return dist.default_device()
     return device
+
+
+def backend(cfg: DictConfig) -> Optional[str]:
+    """The process group backend: gloo for a CPU run (NCCL moves only CUDA tensors), else
+    ``loops.distributed``'s choice. A resumed run computes on its recorded device."""
+    if int(os.environ.get("WORLD_SIZE") or 1) <= 1 or os.environ.get("MADMARK_DIST_BACKEND"):
+        return None
+    device = str(cfg.device)
+    if cfg.resume and RunDir(cfg.resume).exists():
+        device = str(RunDir(cfg.resume).read_config().get("device", device))
+    return "gloo" if device == "cpu" else None
 
 
 def data_name(cfg: DictConfig) -> str:
@@ -97,17 +125,57 @@ def open_run(cfg: DictConfig) -> tuple[RunDir, DictConfig, bool]:
     return run, cfg, False
 
 
+def agree_on_run(cfg: DictConfig) -> tuple[RunDir, DictConfig, bool, bool]:
+    """:func:`open_run` on rank 0, broadcast: every rank gets the same run directory, config and
+    resume decision, and whether the run is already complete (or rank 0's error, raised on every
+    rank). Hydra's run directory and ``${now}`` are rank 0's."""
+    shared: tuple = ()
+    if dist.is_main():
+        try:
+            run, run_cfg, resumed = open_run(cfg)
+            complete = run.read_status().get("state") == "complete"
+            shared = ("ok", str(run.path), OmegaConf.to_yaml(run_cfg) if resumed else None,
+                      resumed, complete)
+        except Exception as error:
+            failure = error
+            shared = ("error", getattr(error, "problem", str(error)), getattr(error, "fix", None))
+    shared = dist.broadcast_object(shared)
+    if shared[0] == "error":
+        if dist.is_main():
+            raise failure
+        if shared[2] is None:
+            raise RuntimeError(f"rank 0 could not open the run: {shared[1]}")
+        raise MadmarkError(shared[1], shared[2])
+    if dist.is_main():
+        return run, run_cfg, resumed, complete
+    _, path, recorded, resumed, complete = shared
+    return RunDir(path), (OmegaConf.create(recorded) if resumed else cfg), resumed, complete
+
+
 def run_loop(cfg: DictConfig) -> list[dict]:
-    """Build the data source, model and loop from ``cfg`` and run it in its run directory."""
-    run, cfg, resumed = open_run(cfg)
+    """Build the data source, model and loop from ``cfg`` and run it in its run directory (under
+    torchrun: in every process, in the process group it starts; rank 0's rows are the result)."""
+    dist.init(backend(cfg))
+    try:
+        return _run_loop(cfg)
+    finally:
+        dist.shutdown()
+
+
+def _run_loop(cfg: DictConfig) -> list[dict]:
+    run, cfg, resumed, complete = agree_on_run(cfg)
     device = resolve_device(cfg.device)
-    if not resumed:
-        run.write_config(cfg)
-        run.write_env(environment(int(cfg.seed), device))
-    else:
-        run.write_env(environment(int(cfg.seed), device), name=f"env_resume_{int(time.time())}.json")
-    status = run.read_status()
-    if status.get("state") == "complete":
+    rank0 = dist.is_main()
+    if rank0:
+        env = {**environment(int(cfg.seed), device), "world_size": dist.world_size()}
+        if not resumed:
+            run.write_config(cfg)
+            run.write_env(env)
+        else:
+            run.write_env(env, name=f"env_resume_{int(time.time())}.json")
+    if complete:
+        if not rank0:
+            return []
         print(f"run {run.path} is already complete")
         rows = [run.checkpoints.load(t)["row"] for t in run.checkpoints.finished()]
         print(format_table(rows, CONSOLE_TABLE, SETTINGS + WATERMARK_SETTINGS))
@@ -116,9 +184,9 @@ def run_loop(cfg: DictConfig) -> list[dict]:
         return _run(cfg, run, device)
     except BaseException as error:
         done = len(run.checkpoints.finished())
-        if not resumed and done == 0 and not isinstance(error, KeyboardInterrupt):
+        if rank0 and not resumed and done == 0 and not isinstance(error, KeyboardInterrupt):
             shutil.rmtree(run.path, ignore_errors=True)   # nothing finished: leave no husk
-        else:
+        elif rank0:
             run.write_status("failed", generations_done=done, error=str(error).splitlines()[0]
                              if str(error) else type(error).__name__)
         raise
@@ -155,32 +223,38 @@ def attach_watermark(cfg: DictConfig, engine: LoopEngine, run_wm: RunWatermark |
 
 def _run(cfg: DictConfig, run: RunDir, device: torch.device) -> list[dict]:
     torch.manual_seed(int(cfg.seed))
+    rank0 = dist.is_main()
     source = instantiate(cfg.data)
-    splits = source.load()
+    with dist.main_first():                  # a download or cache is filled once, by rank 0
+        splits = source.load()
     make_model = instantiate(cfg.model, _partial_=True)
     accepts = getattr(make_model.func, "accepts", ("vector", "image"))
     if splits.kind not in accepts:
         raise MadmarkError(f"model {make_model.func.__name__} does not take {splits.kind} data",
                            f"choose a model for {splits.kind} data (e.g. model=pca_gmm for images)")
     settings = loop_settings(cfg, len(splits.train))
-    progress = GenerationProgress(settings.generations, enabled=bool(cfg.progress))
+    progress = GenerationProgress(settings.generations, enabled=bool(cfg.progress) and rank0)
     engine = LoopEngine(source=source, make_model=make_model,
                         family=LoopFamily(cfg.loop.family, cfg.loop.history), settings=settings,
                         checkpoints=run.checkpoints, device=device, progress=progress)
     engine.evaluators.append(spread_evaluator(splits.reference))
     if cfg.eval.enabled:
-        extractor = make_extractor(cfg.eval, splits, data_name(cfg), device)
+        with dist.main_first():
+            extractor = make_extractor(cfg.eval, splits, data_name(cfg), device)
         engine.evaluators.append(GenerationMetrics(cfg.eval, extractor, splits.reference,
                                                    int(cfg.seed), device))
     if splits.kind == "vector" and splits.true_mean is not None:
         engine.evaluators.append(vector_truth_evaluator(splits.true_mean, splits.true_cov))
-    run_wm = build_run_watermark(cfg, splits.sample_shape, splits.reference, device)
+    with dist.main_first():
+        run_wm = build_run_watermark(cfg, splits.sample_shape, splits.reference, device)
     attach_watermark(cfg, engine, run_wm)
     if run_wm is not None:
         engine.evaluators.append(run_wm.artifact_evaluator(splits.train, splits.reference))
 
     def save(t: int, samples: torch.Tensor, rows: list[dict]) -> None:
         progress.close()
+        if not rank0:
+            return
         if splits.kind == "image" and cfg.samples_grid > 0:
             run.save_grid(t, samples, n=int(cfg.samples_grid))
         run.write_results(with_growth(rows))
@@ -188,10 +262,13 @@ def _run(cfg: DictConfig, run: RunDir, device: torch.device) -> list[dict]:
         write_report(run.path)
 
     engine.hooks.append(save)
-    run.write_status("running", generations_done=len(run.checkpoints.finished()),
-                     generations=settings.generations)
+    if rank0:
+        run.write_status("running", generations_done=len(run.checkpoints.finished()),
+                         generations=settings.generations)
     rows = with_growth(engine.run())
     progress.close()
+    if not rank0:
+        return rows
     run.write_results(rows)
     run.write_status("complete", generations_done=len(rows), generations=settings.generations)
     write_report(run.path)
@@ -201,4 +278,11 @@ def _run(cfg: DictConfig, run: RunDir, device: torch.device) -> list[dict]:
 
 
 def main(args: list[str]) -> int:
+    if int(os.environ.get("WORLD_SIZE") or 1) > 1:      # under torchrun
+        if any(a in ("-m", "--multirun") for a in args):
+            return report_error(MadmarkError(
+                "madmark run -m (a sweep) cannot run under torchrun",
+                "run the sweep's points as separate torchrun jobs, or sweep without torchrun"))
+        if int(os.environ.get("RANK") or 0) > 0:
+            args = [*args, *WORKER_OVERRIDES]
     return run_hydra("run", run_loop, args)

@@ -17,6 +17,7 @@ the test's check that ``wm_steps("adam")`` in one process reproduces ``train_wat
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -191,11 +192,25 @@ def collectives() -> dict[str, object]:
     return out
 
 
+def main_first_order(out_dir: str) -> bool:
+    """Inside ``dist.main_first()``, rank 0 waits 0.5 s and writes a file; returns whether the
+    file was there when this rank entered the block (rank 0: no; the others: yes)."""
+    marker = Path(out_dir) / "main_first.txt"
+    with dist.main_first():
+        seen = marker.is_file()
+        if dist.is_main():
+            time.sleep(0.5)
+            marker.write_text("rank 0 was here\n")
+    dist.barrier()
+    return seen
+
+
 def main(out_dir: str) -> None:
     torch.set_num_threads(1)
     dist.init()
     result = {"collectives": collectives(), "conv": conv_steps(), "wm": wm_steps("sgd"),
-              "wrapped": type(dist.wrap(nn.Linear(1, 1))).__name__}
+              "wrapped": type(dist.wrap(nn.Linear(1, 1))).__name__,
+              "main_first_saw_file": main_first_order(out_dir)}
     try:
         from loops.models import ddpm          # written in parallel: run (c) once it exists
     except ImportError:

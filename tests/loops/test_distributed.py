@@ -97,6 +97,18 @@ def test_two_ranks_see_their_place(ranks):
                                                               [(4, 7), (1, 1), (0, 0)]]
 
 
+def test_main_first_lets_rank_0_finish_the_block_first(ranks):
+    assert [res["main_first_saw_file"] for res in ranks] == [False, True]
+
+
+def test_single_process_main_first_just_runs_the_block(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    ran = []
+    with dist.main_first():
+        ran.append(dist.rank())
+    assert ran == [0]
+
+
 def test_all_reduce_sum_over_two_ranks(ranks):
     for res in ranks:
         c = res["collectives"]
