@@ -1,10 +1,10 @@
 """Radioactivity test: was a generative model trained on data marked with a given key?
 
-    res = radioactivity_test(matches, clean_matches, alpha=0.01)
+    res = radioactivity_test(matches, clean_matches=None, alpha=0.01)
     matches:        (M, K) bool, decoded bit == the key's message bit, on M samples of the model
-    clean_matches:  (M0, K) bool, the same on M0 samples of a model trained on clean data (same
-                    model class, data, training budget and sampling bias): the calibration
-    res.p_value, res.flagged, res.bit_accuracy, res.clean_bit_accuracy, ...
+    clean_matches:  optional (M0, K) bool, the same on samples of a model trained on clean data
+                    (reported for comparison: ``clean_bit_accuracy``, ``p_value_welch``)
+    res.p_value (exact sign-flip test), res.flagged, res.bit_accuracy, ...
 
 (``matches`` is what ``watermark.Detector.matches(x)`` returns; this module takes the tensor.)
 
@@ -17,39 +17,36 @@ so var(T) = M·var(k) exceeds MK/4. Over MK bits a bias of
 0.01 per bit is 0.02·sqrt(MK) binomial standard deviations (3.6 at M = 1000, K = 32), and
 overdispersion widens the real null further: the binomial FPR can be anywhere up to 1.
 
-Calibrated test (``clean_matches`` given). Work with per-image counts k_i = Σ_j matches_ij (0..K).
-Samples of one model are i.i.d., so k_1..k_M are i.i.d.; under H0 (the model was trained on clean
-data, like the calibration model) the k^0 of the clean model's M0 samples are i.i.d. with the same
-mean. Bit biases and within-image correlation only set the unknown mean and variance of k, which
-are estimated from the data: per-image totals absorb the correlation, and no model of the bits is
-needed. H1: the model reproduces the mark, mean(k) > mean(k^0). Welch's one-sided t-test:
+Decision: the message sign-flip test (exact, needs no clean model). For bit j let
+D_j = #{i: bit j of sample i matches m_j} − #{i: it does not} = 2·c_j − M, and T = Σ_j D_j. If the
+model was not trained on data marked with this key, its samples are independent of the secret
+message m, which the key draws uniformly from {0, 1}^K (SHAKE-256): flipping message bit j only
+flips the sign of D_j. So, *conditionally on the samples*, the statistic for the actual message is
+one draw of T* = Σ_j ε_j |D_j| with independent fair signs ε_j, and
 
-    t = (k̄ − k̄0) / sqrt(s²/M + s0²/M0)
-    df = (s²/M + s0²/M0)² / ((s²/M)²/(M−1) + (s0²/M0)²/(M0−1))      (Welch–Satterthwaite)
-    p_welch = P(t_df >= t) = ttest_ind(k, k0, equal_var=False, alternative="greater").pvalue
+    p_sign_flip = P(T* >= T) = 2^-K · #{ε ∈ {±1}^K : Σ_j ε_j |D_j| >= T},
 
-(s², s0² with ddof = 1). Welch rather than the pooled t-test because marking may change var(k) as
-well as its mean; rather than a permutation test because it is closed-form and its null is "equal
-means" only. k is bounded in 0..K, so the t approximation is accurate from a few dozen samples
-per set (measured below at M = 400, M0 = 600).
+computed exactly by dynamic programming over the subset sums of |D_j| (O(K² M)). This conditional
+randomization test is valid whatever the decoder's per-bit biases, the correlation between the bits
+of one sample, or how the tested model's outputs differ from any other model's: the only randomness
+it uses is the key's. Its floor is 2^-K (2.3e-10 at K = 32), reached when every bit leans toward
+the message, i.e. a model that reproduces the mark.
 
-Decision: p = max(p_welch, p_binomial), flagged when p <= alpha. A maximum of p-values is valid as
-soon as one of them is (P(max <= a) <= P(p_welch <= a) <= a), and the binomial term keeps the test
-from ever being more lenient than the analytic one (as in ``watermark.detector``): a flagged model
-matches the key more often than its clean twin *and* more often than chance. Its cost is power when
-the clean model matches below 1/2 and the marked one only closes part of that gap. Without
-``clean_matches`` the test is the binomial one alone (``method`` says so): use it only with a
-decoder known to be fair and independent on such images.
+Why not calibrate against a clean model's samples. The first version of this module compared the
+per-sample matched counts with those of a model trained on clean data (one-sided Welch t-test, still
+reported as ``p_value_welch``). It is valid only if the two models give the decoder the same bias,
+and they do not: in a fully synthetic MNIST loop with no mark anywhere, generation 2's model matched
+the key on 51.5 % of bits against 50.3 % for generation 1's (M = 1,000), p_welch = 0.0009, a false
+flag. Every model drifts, and a drift's projection on the message bits is noise the Welch test
+counts as signal; the sign-flip test sees it as what it is, a per-bit bias of random sign.
 
-What calibration does not cover: H0 is "the same mean k as *this* clean model". Two clean models
-trained with different seeds can differ slightly in decoder bias on their samples; with very large
-M and M0 the test would detect that difference. Check it on the run's own models: a second clean
-model (another seed) tested against the first must not be flagged.
+Reported too: ``p_value_binomial`` = P(Bin(MK, 1/2) >= Σ_ij matches_ij), which assumes i.i.d. fair
+bits (false for real decoders: over-dispersed and biased), and ``p_value_welch`` against the clean
+model when one is given. Neither decides.
 
-Measured (tests/eval/test_radioactivity.py; K = 32, per-bit biases U(−0.03, 0.05), a per-image
-latent shift of all bits with sd 0.1, i.e. var(k) ~2.2x binomial; M = 400, M0 = 600; 2,000 null
-replicates): calibrated FPR 0.012 at alpha = 0.01 and 0.050 at 0.05; binomial FPR 0.49 and 0.64.
-Power at +0.02 match rate per bit, M = M0 = 2,000: 1.00 over 200 replicates.
+Measured (tests/eval/test_radioactivity.py): see the tests for the null FPRs of the sign-flip,
+Welch and binomial tests on biased, correlated bits whose bias differs between the tested and the
+clean model, and the power of the sign-flip test.
 """
 from __future__ import annotations
 
@@ -60,23 +57,23 @@ import numpy as np
 import torch
 from scipy import stats
 
-__all__ = ["RadioactivityResult", "radioactivity_test", "welch_greater"]
+__all__ = ["RadioactivityResult", "radioactivity_test", "sign_flip_p_value", "welch_greater"]
 
 
 @dataclass(frozen=True)
 class RadioactivityResult:
     """Outcome of :func:`radioactivity_test` (plain Python numbers)."""
-    p_value: float             # decision: max(p_value_welch, p_value_binomial); binomial alone
-                               # without calibration
-    p_value_binomial: float    # uncalibrated: matched_total vs Binomial(M·K, 1/2)
-    p_value_welch: float       # one-sided Welch test on per-image counts (NaN: no calibration)
+    p_value: float             # decision: the exact message sign-flip test
+    p_value_binomial: float    # diagnostic: matched_total vs Binomial(M·K, 1/2) (i.i.d. fair bits)
+    p_value_welch: float       # diagnostic: Welch test on per-image counts vs the clean model
+                               # (NaN: no clean model)
     matched_total: int         # T, matched bits over all M·K
     n_samples: int             # M
     num_bits: int              # K
     n_clean: int               # M0 (0: no calibration)
     bit_accuracy: float        # T / (M·K)
     clean_bit_accuracy: float  # the same on the clean model's samples (NaN: no calibration)
-    z: float                   # Welch t; without calibration the binomial z (T − MK/2)/sqrt(MK/4)
+    z: float                   # sign-flip statistic T / sqrt(Σ D_j²) (its null sd), ~N(0, 1) in K
     df: float                  # Welch–Satterthwaite degrees of freedom (NaN: none)
     alpha: float
     flagged: bool              # p_value <= alpha
@@ -97,6 +94,29 @@ def _matches(x, name: str) -> torch.Tensor:
             raise ValueError(f"{name} must hold matched bits: bool or 0/1")
         t = t != 0
     return t
+
+
+def sign_flip_p_value(matches) -> tuple[float, float]:
+    """Exact message sign-flip test on matched bits (M, K): (p, z), see the module docstring.
+
+    p = P(Σ_j ε_j |D_j| >= Σ_j D_j) over fair signs ε, D_j = 2·(matches in column j) − M;
+    z = Σ D_j / sqrt(Σ D_j²) (the null standard deviation), for reading only.
+    """
+    m = _matches(matches, "matches")
+    n = m.shape[0]
+    d = (2 * m.sum(0).to(torch.int64) - n).cpu().numpy()
+    a = np.abs(d)
+    total, t = int(a.sum()), int(d.sum())
+    pmf = np.zeros(total + 1)
+    pmf[0] = 1.0
+    for v in a[a > 0]:                        # subset sums U = Σ_j b_j |D_j|, b_j fair coins
+        shifted = np.zeros_like(pmf)
+        shifted[v:] = pmf[:-v] if v else pmf
+        pmf = 0.5 * (pmf + shifted)
+    u_obs = (t + total) // 2                  # T* >= T  <=>  U >= (T + Σ|D|) / 2 (same parity)
+    p = float(pmf[u_obs:].sum()) if total else 1.0
+    z = t / math.sqrt(float((d.astype(np.float64) ** 2).sum())) if total else 0.0
+    return min(1.0, p), z
 
 
 def welch_greater(k: np.ndarray, k0: np.ndarray) -> tuple[float, float, float]:
@@ -122,9 +142,9 @@ def radioactivity_test(matches, clean_matches=None, alpha: float = 0.01) -> Radi
 
     Args:
         matches: (M, K) bool (or 0/1): bit j of sample i decodes to the message bit.
-        clean_matches: (M0, K), the same for samples of a model trained on clean data; None runs
-            the uncalibrated binomial test only.
-        alpha: false-positive rate of the decision.
+        clean_matches: optional (M0, K), the same for samples of a model trained on clean data,
+            for the reported comparison (``clean_bit_accuracy``, ``p_value_welch``).
+        alpha: false-positive rate of the decision (the sign-flip p-value <= alpha).
     """
     if not 0 < alpha < 1:
         raise ValueError(f"alpha must lie in (0, 1), got {alpha}")
@@ -133,23 +153,17 @@ def radioactivity_test(matches, clean_matches=None, alpha: float = 0.01) -> Radi
     counts = m.sum(1).cpu().numpy().astype(np.int64)
     total, n_bits = int(counts.sum()), n * kbits
     p_bin = float(stats.binom.sf(total - 1, n_bits, 0.5))
-    common = dict(p_value_binomial=p_bin, matched_total=total, n_samples=n, num_bits=kbits,
-                  bit_accuracy=total / n_bits, alpha=float(alpha))
-    if clean_matches is None:
-        z = (total - n_bits / 2) / math.sqrt(n_bits / 4)
-        return RadioactivityResult(p_value=p_bin, p_value_welch=math.nan, n_clean=0,
-                                   clean_bit_accuracy=math.nan, z=z, df=math.nan,
-                                   flagged=p_bin <= alpha,
-                                   method="binomial (uncalibrated: no clean model)", **common)
-    m0 = _matches(clean_matches, "clean_matches")
-    if m0.shape[1] != kbits:
-        raise ValueError(f"clean_matches has K = {m0.shape[1]} bits, matches K = {kbits}")
-    counts0 = m0.sum(1).cpu().numpy().astype(np.int64)
-    t, df, p_welch = welch_greater(counts, counts0)
-    p = max(p_welch, p_bin)
+    p, z = sign_flip_p_value(m)
+    p_welch, df, n_clean, clean_acc = math.nan, math.nan, 0, math.nan
+    if clean_matches is not None:
+        m0 = _matches(clean_matches, "clean_matches")
+        if m0.shape[1] != kbits:
+            raise ValueError(f"clean_matches has K = {m0.shape[1]} bits, matches K = {kbits}")
+        counts0 = m0.sum(1).cpu().numpy().astype(np.int64)
+        _, df, p_welch = welch_greater(counts, counts0)
+        n_clean, clean_acc = len(counts0), float(counts0.sum()) / (len(counts0) * kbits)
     return RadioactivityResult(
-        p_value=p, p_value_welch=p_welch, n_clean=len(counts0),
-        clean_bit_accuracy=float(counts0.sum()) / (len(counts0) * kbits), z=t, df=df,
-        flagged=p <= alpha,
-        method="max(Welch t on per-image matched counts vs clean model, binomial)",
-        **common)
+        p_value=p, p_value_binomial=p_bin, p_value_welch=p_welch, matched_total=total,
+        n_samples=n, num_bits=kbits, n_clean=n_clean, bit_accuracy=total / n_bits,
+        clean_bit_accuracy=clean_acc, z=z, df=df, alpha=float(alpha), flagged=p <= alpha,
+        method="exact message sign-flip test on per-bit match counts")

@@ -3,12 +3,13 @@
     result = radioactivity("outputs/autophagy_fully_synthetic/<date-time>", generation=5, n=2000)
     result.p_value, result.flagged
 
-From M samples of the model of generation T and M samples of a model trained on clean data, the
-per-sample matched bits against the key's message go through ``eval.radioactivity`` (a one-sided
-Welch test on per-sample matched counts, never more lenient than Binomial(M·K, ½) on the total).
-The clean model defaults to generation 1 of the same run: it trained on real data only, so it
-shares the data, architecture and decoder bias of the tested model but never saw a mark. Another
-run (``clean_run``) can serve instead, e.g. the control arm of the same experiment.
+M samples of the model of generation T are decoded, and their matched bits against the key's
+message go through ``eval.radioactivity``: the exact message sign-flip test, whose only assumption
+is that a model never trained on the key's marks is independent of the (uniformly random) secret
+message — valid whatever the decoder's biases on this model's samples. For comparison, a model
+trained on clean data is sampled too (default: generation 1 of the same run, trained on real data
+only; or ``clean_run``, e.g. the control arm of the same experiment): its bit accuracy and a Welch
+test against it are reported, not used to decide (models drift: see eval/radioactivity.py).
 
 Which key. In ``key_mode: run`` the run key. In ``key_mode: generation`` the key of generation
 T − 1, the marks in the tested model's most recent training data.

@@ -2,9 +2,9 @@
 clean_run= clean_generation=1 key_file= seed=0 device=cpu out=]``
 
 Tests whether the generative model of a run's generation was trained on data marked with the run's
-watermark key: M samples of it against M samples of a model trained on clean data (default:
-generation 1 of the same run), a one-sided Welch test on per-sample matched bits, never more lenient
-than Binomial(M·K, ½). Writes a JSON record (default ``<run_dir>/radioactivity/g<t>_n<M>.json``;
+watermark key: the matched bits of M of its samples against the key's message, by the exact
+message sign-flip test (eval/radioactivity.py). M samples of a model trained on clean data (default:
+generation 1 of the same run) are reported beside it for comparison. Writes a JSON record (default ``<run_dir>/radioactivity/g<t>_n<M>.json``;
 an existing file is never overwritten) and prints one line. No key material is written.
 """
 from __future__ import annotations
@@ -50,6 +50,7 @@ def main(args: list[str]) -> int:
     verdict = "FLAGGED" if result.flagged else "not flagged"
     print(f"generation {info['generation']} vs clean generation {info['clean_generation']}: "
           f"bit accuracy {result.bit_accuracy:.4f} vs {result.clean_bit_accuracy:.4f} "
-          f"(M = {result.n_samples}, K = {result.num_bits}), p = {result.p_value:.3g} "
-          f"(binomial {result.p_value_binomial:.3g}): {verdict} at alpha={result.alpha}; wrote {out}")
+          f"(M = {result.n_samples}, K = {result.num_bits}), sign-flip p = {result.p_value:.3g} "
+          f"(binomial {result.p_value_binomial:.3g}, Welch vs clean {result.p_value_welch:.3g}): "
+          f"{verdict} at alpha={result.alpha}; wrote {out}")
     return 0

@@ -24,6 +24,14 @@ def col(rows, name):
     return [float(r[name]) for r in rows]
 
 
+def mean(values):
+    return sum(values) / len(values)
+
+# Generation-to-generation noise: with a fresh 2,000-digit draw and a new GMM fit each generation,
+# recall moves by up to ±0.08 around its level (k = 5, N_real = 1,000), so stability is judged on
+# the mean of the later generations, and single generations only against a wide band.
+
+
 def test_fully_synthetic_loop_with_bias_loses_recall_and_keeps_precision(cli, tmp_path):
     rows = run(cli, tmp_path, "biased", "loop.generations=5", "loop.n_real=1000", "loop.bias=0.7")
     precision, recall = col(rows, "precision"), col(rows, "recall")
@@ -35,8 +43,9 @@ def test_fresh_data_loop_with_a_large_real_fraction_is_stable(cli, tmp_path):
     rows = run(cli, tmp_path, "fresh", "loop=fresh_data", "loop.generations=5",
                "loop.n_real=2000", "loop.n_synthetic=500")
     precision, recall = col(rows, "precision"), col(rows, "recall")
-    assert all(abs(p - precision[0]) <= 0.03 for p in precision), precision
-    assert all(abs(r - recall[0]) <= 0.05 for r in recall), recall
+    assert abs(mean(precision[1:]) - precision[0]) <= 0.02, precision
+    assert abs(mean(recall[1:]) - recall[0]) <= 0.05, recall
+    assert all(abs(r - recall[0]) <= 0.12 for r in recall), recall
 
 
 def test_marked_fully_synthetic_loop_accumulates_watermark_artifacts(cli, tmp_path):
@@ -65,9 +74,10 @@ def test_filter_keeps_the_loop_near_its_real_only_baseline(cli, tmp_path, family
     # generation 1 trains on the real data alone: the real-only baseline of the loop
     r_unf, r_fil = col(unfiltered, "recall"), col(filtered, "recall")
     p_fil = col(filtered, "precision")
-    assert r_unf[-1] < r_unf[0] - 0.08, r_unf
-    assert all(abs(r - r_fil[0]) <= 0.04 for r in r_fil), r_fil
-    assert all(abs(p - p_fil[0]) <= 0.03 for p in p_fil), p_fil
+    assert mean(r_unf[2:]) < r_unf[0] - 0.08, r_unf
+    assert abs(mean(r_fil[1:]) - r_fil[0]) <= 0.04, r_fil
+    assert mean(r_fil[2:]) > mean(r_unf[2:]) + 0.05, (r_fil, r_unf)
+    assert abs(mean(p_fil[1:]) - p_fil[0]) <= 0.02, p_fil
     assert min(col(filtered, "filter_tpr")[1:]) >= 0.98
     alpha = 0.01
     dropped = sum(int(r["filter_real_dropped"]) for r in filtered)
