@@ -12,13 +12,9 @@ from eval.artifacts import (COLUMNS, ArtifactMeter, WatermarkProbe, add_growth, 
                             growth_baseline, inheritance)
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """One torch thread on the 2 shared build cores (see tests/watermark/conftest.py)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
 
 
 def _stub_embed(pattern):

@@ -14,13 +14,9 @@ from eval.radioactivity import (RadioactivityResult, radioactivity_test, sign_fl
 K = 32
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """One torch thread on the 2 shared build cores (see tests/watermark/conftest.py)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
 
 
 def _simulate(reps, m, m0, shift=0.0, drift=0.0, seed=0, chunk=250):

@@ -17,13 +17,9 @@ REPO = Path(__file__).resolve().parents[2]
 TOL = 1e-5
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """One torch thread in this process (shared 2-core machines; see tests/watermark/conftest)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
 
 
 # ---- one process: rank 0 of 1 ------------------------------------------------------------------

@@ -29,14 +29,9 @@ DDPM = ["data=mnist5k", "model=ddpm_tiny", "loop.generations=2", "loop.n_real=12
         "samples_grid=16", "progress=false"]
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """One torch thread in the single-process run, as in each torchrun process (OMP_NUM_THREADS=1):
-    KID's float sums differ in the last bits between thread counts."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
 
 
 def torchrun(root: Path, *args: str, timeout: int) -> tuple[subprocess.CompletedProcess, list]:

@@ -82,11 +82,7 @@ def digits() -> torch.Tensor:
 
 
 @pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Run each watermark test on one torch thread. On the 2 shared build cores, torch's OpenMP
-    threads spin against other processes: measured 76 s for this directory with 2 threads under
-    load, 12 s with 1. The previous setting is restored after each test."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_torch_thread):
+    """Every watermark test runs with one torch thread (tests/conftest.py)."""
+
+

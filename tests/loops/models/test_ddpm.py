@@ -25,13 +25,9 @@ TINY = dict(timesteps=50, beta_start=2e-3, beta_end=0.2, base_channels=8, channe
             warmup_steps=10, ema_decay=0.9, sample_steps=10, sample_batch_size=48)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny convolutions on a shared 2-core machine run several times faster on one thread."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
 
 
 def two_class_images(n: int = 256, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
