@@ -4,7 +4,10 @@
     x_att = layer(x_w)            # (N, C, H, W) -> (N, C, H, W); gradients flow back to x_w
 
 Each call draws 1..max_chain distinct attacks from the configured list and, for each, a strength
-uniformly from its range; the same draw applies to the whole batch. All attacks are the torch/kornia
+uniformly from its range; the same draw applies to the whole batch. Per-image randomness (the
+noise of `noise`) is drawn for the whole batch too: `layer(x, rows=r, batch_size=B)` attacks x as
+rows r of a batch of B, drawing everything for the B images and keeping rows r, so each process of a
+batch split across processes (DDP) gets exactly its rows of what the whole batch would get. All attacks are the torch/kornia
 ops of `watermark.attacks` (JPEG through kornia's differentiable codec), so the output is
 differentiable in the input end to end (pixels that clamping saturates pass no gradient). With
 `keep_size` (default), crops and downscales are resized back to (H, W) so a fixed-size decoder can
@@ -19,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attacks import ATTACKS
+from .attacks import ATTACKS, PER_IMAGE_RANDOM
 
 # strength ranges (uniform) of the attacks the layer knows; None = no strength
 DEFAULT_RANGES: dict[str, tuple[float, float] | None] = {
@@ -74,8 +77,15 @@ class AttackLayer(nn.Module):
     def _uniform(self, low: float, high: float) -> float:
         return low + (high - low) * float(torch.rand((), generator=self.generator))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (N, C, H, W) in [0, 1] -> attacked batch, (N, C, H, W) with keep_size."""
+    def forward(self, x: torch.Tensor, rows: slice | None = None,
+                batch_size: int | None = None) -> torch.Tensor:
+        """x: (N, C, H, W) in [0, 1] -> attacked batch, (N, C, H, W) with keep_size.
+
+        rows, batch_size: x is rows `rows` (N of them) of a batch of `batch_size` images; the draws
+        are the whole batch's (default: x is the whole batch). The generator advances the same."""
+        if (rows is None) != (batch_size is None):
+            raise ValueError("pass rows and batch_size together")
+        split = {} if rows is None else {"rows": rows, "batch_size": int(batch_size)}
         h, w = x.shape[-2:]
         names = list(self.ranges)
         n_links = int(torch.randint(1, self.max_chain + 1, (), generator=self.generator))
@@ -86,7 +96,8 @@ class AttackLayer(nn.Module):
             strength = None if rng is None else self._uniform(*rng)
             self.last.append((name, strength))
             if name != "identity":
-                x = ATTACKS[name](x, strength, generator=self.generator)
+                extra = split if name in PER_IMAGE_RANDOM else {}
+                x = ATTACKS[name](x, strength, generator=self.generator, **extra)
         if self.keep_size and tuple(x.shape[-2:]) != (h, w):
             x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False).clamp(0, 1)
         return x

@@ -17,6 +17,9 @@ x's device. `crop` and `resize` return smaller images; decoders must handle the 
 
 A name "a+b" applies a then b with strength (strength_a, strength_b): see `apply_attack`.
 `ATTACK_GRID` lists the (name, strength) pairs of the standard robustness table.
+`PER_IMAGE_RANDOM` names the attacks that draw random numbers per image (`noise`); they also take
+`rows=, batch_size=` (x holds rows `rows` of a batch of `batch_size`): they draw for the whole batch
+and keep those rows, so a batch split across processes is attacked as if it were attacked whole.
 """
 from __future__ import annotations
 
@@ -34,6 +37,8 @@ from .base import check_images
 
 Attack = Callable[..., torch.Tensor]
 ATTACKS: dict[str, Attack] = {}
+#: attacks whose randomness is per image; they accept ``rows=`` and ``batch_size=`` (module docstring)
+PER_IMAGE_RANDOM = frozenset({"noise"})
 
 
 def register(name: str) -> Callable[[Attack], Attack]:
@@ -104,11 +109,21 @@ def blur(x: torch.Tensor, sigma: float, generator: torch.Generator | None = None
 
 
 @register("noise")
-def noise(x: torch.Tensor, sigma: float, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Additive white Gaussian noise of standard deviation `sigma`, clamped to [0, 1]."""
+def noise(x: torch.Tensor, sigma: float, generator: torch.Generator | None = None, *,
+          rows: slice | None = None, batch_size: int | None = None) -> torch.Tensor:
+    """Additive white Gaussian noise of standard deviation `sigma`, clamped to [0, 1].
+
+    With `rows` and `batch_size`, x (n, C, H, W) is rows `rows` of a batch of `batch_size` images:
+    the noise is drawn for (batch_size, C, H, W) and those rows are added (the noise the whole
+    batch would get)."""
     dev = generator.device if generator is not None else x.device
-    eps = torch.randn(x.shape, generator=generator, device=dev, dtype=x.dtype).to(x.device)
-    return (x + sigma * eps).clamp(0, 1)
+    shape = x.shape if rows is None else (int(batch_size), *x.shape[1:])
+    eps = torch.randn(shape, generator=generator, device=dev, dtype=x.dtype)
+    if rows is not None:
+        eps = eps[rows]
+    if eps.shape != x.shape:
+        raise ValueError(f"rows {rows} of a batch of {batch_size} do not match x {tuple(x.shape)}")
+    return (x + sigma * eps.to(x.device)).clamp(0, 1)
 
 
 @register("brightness")

@@ -17,6 +17,13 @@ Curriculum (chosen, after HiDDeN / VideoSeal practice of learning the channel be
   * phase 3: target alpha, full quality weight, attacks.
 Adam (lr), gradient-norm clipping at 1.
 
+One step is `watermark_train_step` on the module `EmbedAttackDecode` (embed -> attack -> decode, the
+watermarker's own two networks). Under `torchrun --nproc_per_node=N` (loops.distributed) the same
+code runs in every process: each draws the same global batch, messages and attack draws, computes
+its `dist.shard(B)` rows in a DistributedDataParallel wrapper and scales its loss by n_local N / B,
+so the step is the single-process step on the global batch (docs/scaling.md). Rank 0 alone
+validates, writes checkpoints and the metrics log and shows the progress bar.
+
 Determinism and resume. Everything random at step t (batch indices, messages, attack draws) comes
 from generators seeded with (seed, t), and the initial weights from `seed`, so a run resumed from a
 checkpoint replays exactly the steps an uninterrupted run would (same final weights on CPU). A
@@ -39,17 +46,82 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
+from torch import nn
+
+from loops import distributed as dist
+
 from .attack_layer import AttackLayer
 from .attacks import apply_attack
 from .learned import LearnedWatermarker
 from .quality import psnr
 
 ProgressFn = Callable[[int, int, dict], None]
+STATS = ("loss", "bit_loss", "q_loss", "train_bit_acc")
+
+
+def _seed(seed: int, step: int, stream: int) -> int:
+    """The seed of (seed, step, stream): the randomness of one step, replayable on resume."""
+    return (seed * 1_000_003 + step) * 7 + stream
 
 
 def _gen(seed: int, step: int, stream: int) -> torch.Generator:
-    """A CPU generator for (seed, step, stream): the randomness of one step, replayable on resume."""
-    return torch.Generator().manual_seed((seed * 1_000_003 + step) * 7 + stream)
+    """A CPU generator seeded with `_seed(seed, step, stream)`."""
+    return torch.Generator().manual_seed(_seed(seed, step, stream))
+
+
+class EmbedAttackDecode(nn.Module):
+    """The training pass as one module, what DDP wraps: its parameters are the watermarker's own
+    (state_dict keys embedder.*, extractor.*, as `LearnedWatermarker.state_dict`).
+
+    forward(x, m, rows, batch_size, attack) = (x_w, logits): x (n, C, H, W) and m (n, K) are rows
+    `rows` of a global batch of `batch_size`; x_w = embed_train(x, m) (n, C, H, W), logits (n, K)
+    = decode_train(layer(x_w)) with attacks, decode_train(x_w) without.
+    """
+
+    def __init__(self, wm: LearnedWatermarker, layer: AttackLayer):
+        super().__init__()
+        self.embedder, self.extractor, self.layer = wm.embedder, wm.extractor, layer
+        self.wm = wm
+
+    def forward(self, x: torch.Tensor, m: torch.Tensor, rows: slice, batch_size: int,
+                attack: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        x_w = self.wm.embed_train(x, m)
+        x_a = self.layer(x_w, rows=rows, batch_size=batch_size) if attack else x_w
+        return x_w, self.wm.decode_train(x_a)
+
+
+def watermark_train_step(module: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor,
+                         messages: torch.Tensor, *, alpha: float, quality_weight: float,
+                         attack_seed: int | None = None, grad_clip: float = 1.0) -> dict[str, float]:
+    """One optimiser step on the global batch; every rank passes the same arguments.
+
+    module: an `EmbedAttackDecode`, DDP-wrapped under torchrun (`dist.wrap`); images (B, C, H, W)
+    in [0, 1] and messages (B, K) float {0, 1}: the global batch (moved to the model's device).
+    This rank computes rows `dist.shard(B)`. alpha: embedding strength of this step; attack_seed:
+    the attack layer's generator is seeded with it (the same on every rank), None = no attacks.
+    Loss: BCE(logits, m) + quality_weight mse(x_w, x) / alpha^2, means over the global batch;
+    gradient norm clipped at grad_clip. Returns the global means of STATS (identical on every rank).
+    """
+    b = images.shape[0]
+    rows = dist.shard(b)
+    core = dist.unwrap(module)
+    core.wm.alpha = alpha
+    if attack_seed is not None:
+        core.layer.generator.manual_seed(attack_seed)
+    x, m = images[rows].to(core.wm.device), messages[rows].to(core.wm.device)
+    module.train()
+    x_w, logits = module(x, m, rows, b, attack_seed is not None)
+    bit_loss = F.binary_cross_entropy_with_logits(logits, m)
+    q_loss = F.mse_loss(x_w, x) / alpha ** 2
+    loss = bit_loss + quality_weight * q_loss
+    share = (rows.stop - rows.start) / b                 # this rank's part of the global mean
+    optimizer.zero_grad(set_to_none=True)
+    (loss * (share * dist.world_size())).backward()     # DDP averages: the global-mean gradient
+    torch.nn.utils.clip_grad_norm_(module.parameters(), grad_clip)
+    optimizer.step()
+    acc = ((logits > 0).float() == m).float().mean()
+    stats = torch.stack([loss, bit_loss, q_loss, acc]).detach().double() * share
+    return dict(zip(STATS, dist.all_reduce_sum(stats).tolist()))
 
 
 @torch.no_grad()
@@ -114,7 +186,7 @@ def latest_checkpoint(ckpt_dir: str) -> str | None:
 def train_watermarker(images_train: torch.Tensor, images_val: torch.Tensor, *, num_bits: int = 32,
                       work_size: int = 64, alpha: float = 0.02, steps: int = 2000, batch_size: int = 32,
                       lr: float = 1e-3, attack_names: Sequence[str] = ("jpeg", "blur", "noise", "resize"),
-                      seed: int = 0, device: str = "cpu", checkpoint_dir: str | None = None,
+                      seed: int = 0, device: str | torch.device = "cpu", checkpoint_dir: str | None = None,
                       resume: bool = True, progress: bool | ProgressFn = False, width: int = 32,
                       msg_dim: int = 32, pool: int | None = None, jnd: bool = False, max_chain: int = 1,
                       alpha_boost: float = 4.0, warmup_frac: float = 0.3, ramp_frac: float = 0.3,
@@ -125,6 +197,8 @@ def train_watermarker(images_train: torch.Tensor, images_val: torch.Tensor, *, n
     Args (beyond the model's): steps: optimiser steps in total (a resumed run continues to it);
     attack_names: AttackLayer attacks of phases 2-3 ("identity" is added); progress: True for a tqdm
     bar, or a callback progress(step, steps, info); val_every / checkpoint_every: 0 disables.
+    Under torchrun every process calls it with the same arguments (batch_size is the global batch)
+    and gets the same model and rank 0's log; only rank 0 writes to checkpoint_dir.
     """
     channels = images_train.shape[1]
     config = dict(num_bits=num_bits, work_size=work_size, alpha=alpha, steps=steps, batch_size=batch_size,
@@ -140,24 +214,30 @@ def train_watermarker(images_train: torch.Tensor, images_val: torch.Tensor, *, n
     warmup, ramp = int(round(warmup_frac * steps)), int(round(ramp_frac * steps))
     x_val = images_val[:val_images]
     log: list[dict] = []
-    start = 0
+    start, main = 0, dist.is_main()
+    if batch_size < dist.world_size():
+        raise ValueError(f"batch_size {batch_size} < {dist.world_size()} processes: some would get no rows")
     if checkpoint_dir:
-        os.makedirs(checkpoint_dir, exist_ok=True)
+        if main:
+            os.makedirs(checkpoint_dir, exist_ok=True)
         ck = latest_checkpoint(checkpoint_dir) if resume else None
-        if ck:
+        if ck:                                             # every rank loads the same checkpoint
             model.load_state_dict(load_file(os.path.join(ck, "weights.safetensors")))
             opt.load_state_dict(torch.load(os.path.join(ck, "optimizer.pt"), weights_only=True, map_location=device))
             with open(os.path.join(ck, "state.json")) as f:
                 start = json.load(f)["step"]
             mpath = os.path.join(checkpoint_dir, "metrics.jsonl")
-            if os.path.isfile(mpath):
+            if main and os.path.isfile(mpath):
                 with open(mpath) as f:
                     log = [r for r in map(json.loads, f) if r["step"] <= start]
-        with open(os.path.join(checkpoint_dir, "metrics.jsonl"), "w") as f:   # rewrite the kept part
-            f.writelines(json.dumps(r) + "\n" for r in log)
+        dist.barrier()                                     # all have read it before rank 0 writes
+        if main:
+            with open(os.path.join(checkpoint_dir, "metrics.jsonl"), "w") as f:   # rewrite the kept part
+                f.writelines(json.dumps(r) + "\n" for r in log)
+    module = dist.wrap(EmbedAttackDecode(model, layer))
 
     bar = None
-    if progress is True:
+    if progress is True and main:
         from tqdm.auto import tqdm
         bar = tqdm(total=steps, initial=start, desc="train watermarker")
     n, t0, running = images_train.shape[0], time.time(), {}
@@ -176,39 +256,27 @@ def train_watermarker(images_train: torch.Tensor, images_val: torch.Tensor, *, n
         a_eff, qw, attacks_on = _schedule(step, alpha, alpha_boost, warmup, ramp, quality_weight)
         g = _gen(seed, step, 0)
         idx = torch.randint(0, n, (batch_size,), generator=g)
-        x = images_train[idx].to(device)
-        m = torch.randint(0, 2, (batch_size, num_bits), generator=g).float().to(device)
-        layer.generator.manual_seed((seed * 1_000_003 + step) * 7 + 1)
-        model.train()
-        model.alpha = a_eff
-        x_w = model.embed_train(x, m)
-        logits = model.decode_train(layer(x_w) if attacks_on else x_w)
-        bit_loss = F.binary_cross_entropy_with_logits(logits, m)
-        q_loss = F.mse_loss(x_w, x) / a_eff ** 2
-        loss = bit_loss + qw * q_loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        running = {"loss": loss.item(), "bit_loss": bit_loss.item(), "q_loss": q_loss.item(),
-                   "train_bit_acc": ((logits > 0).float() == m).float().mean().item()}
+        m = torch.randint(0, 2, (batch_size, num_bits), generator=g).float()
+        running = watermark_train_step(module, opt, images_train[idx], m, alpha=a_eff, quality_weight=qw,
+                                       attack_seed=_seed(seed, step, 1) if attacks_on else None)
         done = step + 1
         if bar is not None:
             bar.update(1)
             bar.set_postfix(bit=f"{running['train_bit_acc']:.3f}", q=f"{running['q_loss']:.3f}")
-        elif callable(progress):
+        elif callable(progress) and main:
             progress(done, steps, running)
-        if val_every and (done % val_every == 0) and done != steps:
+        if main and val_every and (done % val_every == 0) and done != steps:
             record(done, a_eff)
-        if checkpoint_dir and checkpoint_every and done % checkpoint_every == 0 and done != steps:
+        if main and checkpoint_dir and checkpoint_every and done % checkpoint_every == 0 and done != steps:
             model.alpha = alpha
             _save_checkpoint(checkpoint_dir, done, model, opt, {"step": done, "seed": seed, "config": config})
     if bar is not None:
         bar.close()
-    if start < steps or not log or log[-1]["step"] != steps:
+    if main and (start < steps or not log or log[-1]["step"] != steps):
         record(steps, a_eff)
     model.alpha = alpha
-    if checkpoint_dir and start < steps:
+    if main and checkpoint_dir and start < steps:
         _save_checkpoint(checkpoint_dir, steps, model, opt, {"step": steps, "seed": seed, "config": config})
+    log = dist.broadcast_object(log)                       # rank 0's log, once it has written all
     model.train_config = config
     return model.eval(), log

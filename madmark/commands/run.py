@@ -14,12 +14,10 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from typing import Optional
 
 import torch
-from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig
 
 from eval.artifacts import add_growth
 from loops import distributed as dist
@@ -33,6 +31,7 @@ from madmark.hydra_app import report_error, run_hydra
 from madmark.metrics import GenerationMetrics, make_extractor
 from madmark.report import CONSOLE_TABLE, SETTINGS, WATERMARK_SETTINGS, write_report
 from madmark.rundir import RunDir, environment
+from madmark.run_opening import agree_on_run, backend
 from madmark.watermarking import RunWatermark, build_run_watermark
 
 
@@ -56,17 +55,6 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def backend(cfg: DictConfig) -> Optional[str]:
-    """The process group backend: gloo for a CPU run (NCCL moves only CUDA tensors), else
-    ``loops.distributed``'s choice. A resumed run computes on its recorded device."""
-    if int(os.environ.get("WORLD_SIZE") or 1) <= 1 or os.environ.get("MADMARK_DIST_BACKEND"):
-        return None
-    device = str(cfg.device)
-    if cfg.resume and RunDir(cfg.resume).exists():
-        device = str(RunDir(cfg.resume).read_config().get("device", device))
-    return "gloo" if device == "cpu" else None
-
-
 def data_name(cfg: DictConfig) -> str:
     """The data config's name (e.g. ``mnist5k``), from Hydra's choices or the target class."""
     choice = cfg.get("data_name")
@@ -80,76 +68,6 @@ def loop_settings(cfg: DictConfig, n_train: int) -> LoopSettings:
     n_synthetic = n_real if cfg.loop.n_synthetic is None else int(cfg.loop.n_synthetic)
     return LoopSettings(generations=int(cfg.loop.generations), n_real=n_real,
                         n_synthetic=n_synthetic, bias=float(cfg.loop.bias), seed=int(cfg.seed))
-
-
-def open_run(cfg: DictConfig) -> tuple[RunDir, DictConfig, bool]:
-    """The run directory and the config to run: a new one, or the recorded one for resume
-    (``resume=<dir>``, or ``auto_resume=true`` when Hydra's output dir already holds this run)."""
-    if cfg.resume:
-        run = RunDir(cfg.resume)
-        if not run.exists():
-            raise MadmarkError(f"resume={cfg.resume} is not a madmark run directory "
-                               "(no config.yaml)", "pass the folder of a run started by madmark run")
-        recorded = run.read_config()
-        with open_dict(recorded):
-            recorded.progress, recorded.debug = cfg.progress, cfg.debug
-        return run, recorded, True
-    run = RunDir(HydraConfig.get().runtime.output_dir)
-    if run.exists() and not cfg.auto_resume:
-        raise MadmarkError(f"run directory {run.path} already holds a run",
-                           "wait a second and rerun, set hydra.run.dir=<new folder>, "
-                           "or continue it with auto_resume=true")
-    if run.exists():   # auto_resume: a relaunched (requeued) job continues the run in its folder
-        from omegaconf import OmegaConf
-
-        def leaves(node: dict, prefix: str = ""):
-            for key, value in node.items():
-                if isinstance(value, dict):
-                    yield from leaves(value, f"{prefix}{key}.")
-                elif f"{prefix}{key}" not in ("progress", "debug", "auto_resume"):
-                    yield f"{prefix}{key}", value
-
-        recorded = run.read_config()
-        asked = OmegaConf.create(OmegaConf.to_yaml(cfg, resolve=True))   # as it would be recorded
-        old, new = (dict(leaves(OmegaConf.to_container(c))) for c in (recorded, asked))
-        changed = sorted((k for k in old.keys() | new.keys() if old.get(k) != new.get(k)),
-                         key=lambda k: (k.count("."), k))          # shallow keys first: seed, ...
-        if changed:
-            raise MadmarkError(f"auto_resume: run directory {run.path} holds a run with another "
-                               f"config ({', '.join(changed[:6])}{', ...' * (len(changed) > 6)} "
-                               "differ)",
-                               "rerun the identical command, or set hydra.run.dir=<new folder>")
-        with open_dict(recorded):
-            recorded.progress, recorded.debug = cfg.progress, cfg.debug
-        return run, recorded, True
-    return run, cfg, False
-
-
-def agree_on_run(cfg: DictConfig) -> tuple[RunDir, DictConfig, bool, bool]:
-    """:func:`open_run` on rank 0, broadcast: every rank gets the same run directory, config and
-    resume decision, and whether the run is already complete (or rank 0's error, raised on every
-    rank). Hydra's run directory and ``${now}`` are rank 0's."""
-    shared: tuple = ()
-    if dist.is_main():
-        try:
-            run, run_cfg, resumed = open_run(cfg)
-            complete = run.read_status().get("state") == "complete"
-            shared = ("ok", str(run.path), OmegaConf.to_yaml(run_cfg) if resumed else None,
-                      resumed, complete)
-        except Exception as error:
-            failure = error
-            shared = ("error", getattr(error, "problem", str(error)), getattr(error, "fix", None))
-    shared = dist.broadcast_object(shared)
-    if shared[0] == "error":
-        if dist.is_main():
-            raise failure
-        if shared[2] is None:
-            raise RuntimeError(f"rank 0 could not open the run: {shared[1]}")
-        raise MadmarkError(shared[1], shared[2])
-    if dist.is_main():
-        return run, run_cfg, resumed, complete
-    _, path, recorded, resumed, complete = shared
-    return RunDir(path), (OmegaConf.create(recorded) if resumed else cfg), resumed, complete
 
 
 def run_loop(cfg: DictConfig) -> list[dict]:

@@ -3,46 +3,96 @@
     madmark train-watermark                                   # 32-bit digits card on mnist5k
     madmark train-watermark data=photos data.size=64 bits=48 work_size=64 alpha=0.02 card_name=rgb48
     madmark train-watermark resume=<run_dir>                  # continue from the last checkpoint
+    torchrun --standalone --nproc_per_node=4 -m madmark train-watermark device=cuda ...
 
 The run directory holds config.yaml, env.json, checkpoints/ (atomic, resumable), metrics.jsonl and
 the card ``<card_name>.yaml`` + ``.safetensors`` with its held-out metrics (clean bit accuracy,
 JPEG-50 bit accuracy, PSNR on the data source's reference split, never trained on).
+
+Under torchrun (docs/scaling.md) every rank trains (DDP, the global batch ``batch_size`` split
+across ranks); rank 0 picks the run directory and broadcasts it, and only rank 0 writes.
 """
 from __future__ import annotations
 
+import os
 
-import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
+from loops import distributed as dist
+from madmark.commands.run import WORKER_OVERRIDES, backend, resolve_device
 from madmark.errors import MadmarkError
-from madmark.hydra_app import run_hydra, to_container
+from madmark.hydra_app import report_error, run_hydra, to_container
 from madmark.rundir import RunDir, environment
 from watermark import save_card, train_watermarker
 from watermark.train import evaluate
 
 
+def open_run(cfg: DictConfig) -> tuple[RunDir, DictConfig, bool]:
+    """The run directory and the config to train: Hydra's new folder, or the recorded one for
+    ``resume=<dir>``; returns (run, config, resumed)."""
+    if not cfg.resume:
+        return RunDir(HydraConfig.get().runtime.output_dir), cfg, False
+    run = RunDir(cfg.resume)
+    if not run.exists():
+        raise MadmarkError(f"resume={cfg.resume} is not a train-watermark run directory",
+                           "pass the folder of an earlier madmark train-watermark run")
+    return run, run.read_config(), True
+
+
+def agree_on_run(cfg: DictConfig) -> tuple[RunDir, DictConfig, bool]:
+    """:func:`open_run` on rank 0, broadcast to every rank (its error is raised on every rank)."""
+    shared: tuple = ()
+    if dist.is_main():
+        try:
+            run, run_cfg, resumed = open_run(cfg)
+            shared = ("ok", str(run.path), OmegaConf.to_yaml(run_cfg) if resumed else None, resumed)
+        except Exception as error:
+            failure = error
+            shared = ("error", getattr(error, "problem", str(error)), getattr(error, "fix", None))
+    shared = dist.broadcast_object(shared)
+    if shared[0] == "error":
+        if dist.is_main():
+            raise failure
+        if shared[2] is None:
+            raise RuntimeError(f"rank 0 could not open the run: {shared[1]}")
+        raise MadmarkError(shared[1], shared[2])
+    if dist.is_main():
+        return run, run_cfg, resumed
+    _, path, recorded, resumed = shared
+    return RunDir(path), (OmegaConf.create(recorded) if resumed else cfg), resumed
+
+
 def train(cfg: DictConfig) -> None:
-    run = RunDir(cfg.resume or HydraConfig.get().runtime.output_dir)
-    if cfg.resume:
-        if not run.exists():
-            raise MadmarkError(f"resume={cfg.resume} is not a train-watermark run directory",
-                               "pass the folder of an earlier madmark train-watermark run")
-        cfg = run.read_config()
-    else:
-        run.write_config(cfg)
-    run.write_env(environment(int(cfg.seed), torch.device(cfg.device)))
-    splits = instantiate(cfg.data).load()
+    """Train in the process group it starts under torchrun (a no-op under plain python)."""
+    dist.init(backend(cfg))
+    try:
+        _train(cfg)
+    finally:
+        dist.shutdown()
+
+
+def _train(cfg: DictConfig) -> None:
+    run, cfg, resumed = agree_on_run(cfg)
+    device = resolve_device(str(cfg.device))
+    if dist.is_main():
+        if not resumed:
+            run.write_config(cfg)
+        run.write_env({**environment(int(cfg.seed), device), "world_size": dist.world_size()})
+    with dist.main_first():                  # a download or cache is filled once, by rank 0
+        splits = instantiate(cfg.data).load()
     if splits.kind != "image":
         raise MadmarkError("train-watermark needs image data", "choose e.g. data=mnist5k or data=photos")
     model, log = train_watermarker(
         splits.train, splits.reference, num_bits=int(cfg.bits), work_size=int(cfg.work_size),
         alpha=float(cfg.alpha), steps=int(cfg.steps), batch_size=int(cfg.batch_size),
-        lr=float(cfg.lr), attack_names=list(cfg.attacks), seed=int(cfg.seed), device=cfg.device,
+        lr=float(cfg.lr), attack_names=list(cfg.attacks), seed=int(cfg.seed), device=device,
         checkpoint_dir=str(run.path / "checkpoints"), resume=True, progress=True,
         width=int(cfg.width), jnd=bool(cfg.jnd), val_every=int(cfg.val_every),
         checkpoint_every=int(cfg.checkpoint_every))
+    if not dist.is_main():
+        return
     metrics = evaluate(model, splits.reference[:int(cfg.eval_images)], seed=int(cfg.seed))
     metrics["n_eval_images"] = min(int(cfg.eval_images), len(splits.reference))
     metrics["eval_split"] = "reference (held out, never trained on)"
@@ -55,4 +105,11 @@ def train(cfg: DictConfig) -> None:
 
 
 def main(args: list[str]) -> int:
+    if int(os.environ.get("WORLD_SIZE") or 1) > 1:      # under torchrun
+        if any(a in ("-m", "--multirun") for a in args):
+            return report_error(MadmarkError(
+                "madmark train-watermark -m (a sweep) cannot run under torchrun",
+                "run the sweep's points as separate torchrun jobs, or sweep without torchrun"))
+        if int(os.environ.get("RANK") or 0) > 0:
+            args = [*args, *WORKER_OVERRIDES]
     return run_hydra("train-watermark", train, args, config_name="train_watermark")

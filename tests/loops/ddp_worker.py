@@ -8,11 +8,14 @@ Sharing rule of every DDP step here: every rank draws the *global* batch identic
 ``dist.shard(N)`` of it, and scales its mean loss by ``n_local * world_size / N`` so that DDP's
 gradient average equals the gradient of the global batch's mean loss (shards may differ by one).
 
+The watermark steps are the real ``watermark.train.watermark_train_step`` (which shards itself),
+with the attack layer on: its per-image noise is drawn for the global batch and sliced.
+
 DDP's part of a step is the gradient; the optimiser then runs on identical gradients on every rank.
 The DDP runs use SGD: Adam divides each gradient element by its own magnitude, so where a true
 gradient is ~0 it turns float rounding (which differs between a 2-rank and a 1-rank sum) into steps
-of up to lr (measured: 5e-5 apart after 2 steps at lr 1e-3). That Adam is train.py's is covered by
-the test's check that ``wm_steps("adam")`` in one process reproduces ``train_watermarker`` exactly.
+of up to lr (measured: 5e-5 apart after 2 steps at lr 1e-3). That train_watermarker (Adam) takes
+exactly the plain single-process step is checked in one process by the test.
 """
 from __future__ import annotations
 
@@ -28,11 +31,13 @@ from loops import distributed as dist
 
 # the tiny conv net (a): CONV_STEPS SGD steps on fresh global batches of CONV_N images (split 4 / 3)
 CONV_N, CONV_STEPS, CONV_LR = 7, 3, 0.2
-# the learned watermarker (b): train.py's loop without attacks; lr is train.py's Adam, sgd_lr the
-# SGD used for the DDP comparison (see the module docstring). width 16: with width 8 every GroupNorm
-# group holds one channel, so the conv biases before it have a zero gradient (dead parameters).
-WM = dict(num_bits=8, work_size=16, alpha=0.05, width=16, msg_dim=8, steps=2, batch_size=7,
+# the learned watermarker (b): watermark/train.py's step with attacks on; lr is train.py's Adam,
+# sgd_lr the SGD of the DDP comparison (see the module docstring). width 16: with width 8 every
+# GroupNorm group holds one channel, so the conv biases before it have a zero gradient (dead
+# parameters). Global batches of 7 split 4 / 3; noise strong enough that wrong rows would show.
+WM = dict(num_bits=8, work_size=16, alpha=0.05, width=16, msg_dim=8, steps=4, batch_size=7,
           lr=1e-3, sgd_lr=0.5, seed=3, quality_weight=0.1)
+WM_ATTACKS = {"noise": (0.05, 0.1), "jpeg": (50.0, 90.0), "blur": (0.5, 1.5)}
 WM_IMAGES = 32
 
 
@@ -75,33 +80,6 @@ def conv_steps() -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in dist.unwrap(model).state_dict().items()}
 
 
-class EmbedDecode(nn.Module):
-    """One module around a LearnedWatermarker's two networks, so DDP sees the whole step:
-    forward(x, m) = (x_w, logits) with x_w = embed_train(x, m), logits = decode_train(x_w)."""
-
-    def __init__(self, wm):
-        super().__init__()
-        self.embedder, self.extractor = wm.embedder, wm.extractor   # the same parameters
-        self.wm = wm
-
-    def forward(self, x: torch.Tensor, m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x_w = self.wm.embed_train(x, m)
-        return x_w, self.wm.decode_train(x_w)
-
-
-def train_step(module: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, m: torch.Tensor,
-               alpha: float, quality_weight: float) -> None:
-    """watermark/train.py's step, attacks off, DDP-aware: x (N, C, H, W), m (N, K) global batch."""
-    scale, (x, m) = local_part(x, m)
-    x_w, logits = module(x, m)
-    bit_loss = F.binary_cross_entropy_with_logits(logits, m)
-    loss = bit_loss + quality_weight * F.mse_loss(x_w, x) / alpha ** 2
-    opt.zero_grad(set_to_none=True)
-    (scale * loss).backward()
-    torch.nn.utils.clip_grad_norm_(module.parameters(), 1.0)
-    opt.step()
-
-
 def make_wm():
     """The LearnedWatermarker train_watermarker starts from (same seed, same architecture)."""
     from watermark.learned import LearnedWatermarker
@@ -112,23 +90,39 @@ def make_wm():
                                   wm_images().shape[1], WM["width"], WM["msg_dim"])
 
 
-def wm_steps(optimizer: str = "adam") -> dict[str, torch.Tensor]:
-    """train_watermarker's loop with the curriculum at its last phase from step 0 and an empty
-    attack list: same initial weights, batches and messages. ``optimizer``: "adam" (train.py's)
-    or "sgd"."""
-    from watermark.train import _gen
+def make_attack_layer():
+    """The attacks of the DDP comparison: chains of 1-2 of noise (per-image random), JPEG, blur."""
+    from watermark.attack_layer import AttackLayer
 
-    images, wm = wm_images(), make_wm()
-    module = dist.wrap(EmbedDecode(wm))
-    opt = (torch.optim.Adam(module.parameters(), lr=WM["lr"]) if optimizer == "adam"
-           else torch.optim.SGD(module.parameters(), lr=WM["sgd_lr"]))
-    module.train()
+    return AttackLayer(WM_ATTACKS, max_chain=2, seed=0)
+
+
+def wm_batch(step: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """train_watermarker's global batch of ``step``: images (B, 1, 16, 16), messages (B, K), and
+    the attack layer's seed."""
+    from watermark.train import _gen, _seed
+
+    images, g = wm_images(), _gen(WM["seed"], step, 0)
+    idx = torch.randint(0, images.shape[0], (WM["batch_size"],), generator=g)
+    m = torch.randint(0, 2, (WM["batch_size"], WM["num_bits"]), generator=g).float()
+    return images[idx], m, _seed(WM["seed"], step, 1)
+
+
+def wm_steps() -> dict[str, torch.Tensor]:
+    """watermark.train.watermark_train_step, attacks on, SGD, under DDP: the weights after
+    WM["steps"] steps and the global mean statistics each step returned (steps x 4)."""
+    from watermark.train import STATS, EmbedAttackDecode, watermark_train_step
+
+    wm = make_wm()
+    module = dist.wrap(EmbedAttackDecode(wm, make_attack_layer()))
+    opt = torch.optim.SGD(module.parameters(), lr=WM["sgd_lr"])
+    stats = []
     for step in range(WM["steps"]):
-        g = _gen(WM["seed"], step, 0)
-        idx = torch.randint(0, images.shape[0], (WM["batch_size"],), generator=g)
-        m = torch.randint(0, 2, (WM["batch_size"], WM["num_bits"]), generator=g).float()
-        train_step(module, opt, images[idx], m, WM["alpha"], WM["quality_weight"])
-    return wm.state_dict()
+        x, m, attack_seed = wm_batch(step)
+        out = watermark_train_step(module, opt, x, m, alpha=WM["alpha"],
+                                   quality_weight=WM["quality_weight"], attack_seed=attack_seed)
+        stats.append([out[k] for k in STATS])
+    return {"state": wm.state_dict(), "stats": torch.tensor(stats, dtype=torch.float64)}
 
 
 # the DDPM step (c): a tiny conditional UNet, DDPM["steps"] SGD steps, clipped, on batches of 5
@@ -208,7 +202,7 @@ def main_first_order(out_dir: str) -> bool:
 def main(out_dir: str) -> None:
     torch.set_num_threads(1)
     dist.init()
-    result = {"collectives": collectives(), "conv": conv_steps(), "wm": wm_steps("sgd"),
+    result = {"collectives": collectives(), "conv": conv_steps(), "wm": wm_steps(),
               "wrapped": type(dist.wrap(nn.Linear(1, 1))).__name__,
               "main_first_saw_file": main_first_order(out_dir)}
     try:

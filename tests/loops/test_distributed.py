@@ -140,31 +140,71 @@ def test_ddp_conv_net_steps_equal_single_process_steps(ranks):
         assert _max_diff(res["conv"], reference) <= TOL
 
 
-def test_watermark_train_step_mirrors_train_watermarker():
-    """The worker's train_step, in one process with Adam, is watermark/train.py's step: the same
-    weights, bit for bit, as train_watermarker with no attacks and the curriculum's last phase from
-    step 0 (strength alpha, full quality weight)."""
+def plain_wm_steps(optimizer: str, layer) -> tuple[dict, torch.Tensor, list[list[str]]]:
+    """The textbook watermark step in one process, without sharding or DDP: embed the whole global
+    batch, attack it whole with ``layer`` (seeded as train.py seeds it), decode, BCE + quality
+    loss, clip at 1, step. Returns the weights, the (steps, 4) statistics of watermark.train.STATS
+    and the attack names drawn at each step. ``optimizer``: "adam" (train.py's) or "sgd"."""
+    w, wm = worker.WM, worker.make_wm()
+    params = list(wm.parameters())
+    opt = (torch.optim.Adam(params, lr=w["lr"]) if optimizer == "adam"
+           else torch.optim.SGD(params, lr=w["sgd_lr"]))
+    stats, draws = [], []
+    for step in range(w["steps"]):
+        x, m, attack_seed = worker.wm_batch(step)
+        layer.generator.manual_seed(attack_seed)
+        wm.train()
+        x_w = wm.embed_train(x, m)
+        logits = wm.decode_train(layer(x_w))
+        bit_loss = F.binary_cross_entropy_with_logits(logits, m)
+        q_loss = F.mse_loss(x_w, x) / w["alpha"] ** 2
+        loss = bit_loss + w["quality_weight"] * q_loss
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        acc = ((logits > 0).float() == m).float().mean()
+        stats.append([t.item() for t in (loss, bit_loss, q_loss, acc)])
+        draws.append([name for name, _ in layer.last])
+    return wm.state_dict(), torch.tensor(stats, dtype=torch.float64), draws
+
+
+def test_train_watermarker_takes_the_plain_single_process_step():
+    """train_watermarker (Adam; warmup and ramp 0, so strength alpha, full quality weight and
+    attacks from step 0) ends with the textbook loop's weights, bit for bit: the same initial
+    weights, batches, messages and attack draws (identity, noise, JPEG, blur; chains of 1-2)."""
+    from watermark.attack_layer import AttackLayer
     from watermark.train import train_watermarker
 
     w = worker.WM
     images = worker.wm_images()
-    model, _ = train_watermarker(images, images[:4], num_bits=w["num_bits"],
-                                 work_size=w["work_size"], alpha=w["alpha"], steps=w["steps"],
-                                 batch_size=w["batch_size"],
-                                 lr=w["lr"], attack_names=(), seed=w["seed"], width=w["width"],
-                                 msg_dim=w["msg_dim"], quality_weight=w["quality_weight"],
-                                 warmup_frac=0.0, ramp_frac=0.0, val_every=0, checkpoint_every=0,
-                                 val_images=4)
-    reference, mine = model.state_dict(), worker.wm_steps("adam")
+    names = list(worker.WM_ATTACKS)
+    model, log = train_watermarker(images, images[:4], num_bits=w["num_bits"],
+                                   work_size=w["work_size"], alpha=w["alpha"], steps=w["steps"],
+                                   batch_size=w["batch_size"], lr=w["lr"], attack_names=names,
+                                   max_chain=2, seed=w["seed"], width=w["width"],
+                                   msg_dim=w["msg_dim"], quality_weight=w["quality_weight"],
+                                   warmup_frac=0.0, ramp_frac=0.0, val_every=0,
+                                   checkpoint_every=0, val_images=4)
+    layer = AttackLayer(["identity", *names], max_chain=2, seed=w["seed"])
+    reference, stats, draws = plain_wm_steps("adam", layer)
+    assert any("noise" in d for d in draws), draws          # the per-image random attack ran
+    mine = model.state_dict()
     assert reference.keys() == mine.keys()
     assert all(torch.equal(reference[k], mine[k]) for k in reference)
+    assert [log[-1][k] for k in ("loss", "bit_loss", "q_loss", "train_bit_acc")] == \
+        stats[-1].tolist()
 
 
-def test_ddp_watermark_steps_equal_single_process_steps(ranks):
-    reference = worker.wm_steps("sgd")
+def test_ddp_watermark_steps_with_attacks_equal_single_process_steps(ranks):
+    """watermark_train_step on 2 ranks (batch of 7 split 4 / 3, attacks on: noise drawn for the
+    global batch and sliced, JPEG, blur) against the textbook step on the whole batch."""
+    reference, stats, draws = plain_wm_steps("sgd", worker.make_attack_layer())
+    assert sum("noise" in d for d in draws) >= 2 and any(len(d) == 2 for d in draws), draws
     assert _max_diff(reference, worker.make_wm().state_dict()) > 1e-2       # the steps moved it
     for res in ranks:
-        assert _max_diff(res["wm"], reference) <= TOL
+        assert _max_diff(res["wm"]["state"], reference) <= TOL
+        assert torch.allclose(res["wm"]["stats"], stats, rtol=0, atol=1e-6)
 
 
 def test_ddp_ddpm_steps_equal_single_process_steps(ranks):
