@@ -4,8 +4,13 @@ import json
 import math
 
 import pytest
+import torch
+from omegaconf import OmegaConf
 
+from loops.checkpoint import Checkpoints
+from madmark.data import MNIST5k
 from madmark.rundir import read_csv
+from madmark.watermarking import RunWatermark
 from tests.madmark.conftest import run_dirs
 
 TINY = ["loop.n_real=300", "loop.n_synthetic=300", "eval.enabled=false", "progress=false",
@@ -148,3 +153,24 @@ def test_radioactivity_does_not_flag_models_trained_on_clean_data(cli, tmp_path)
             p_values.append(json.loads(path.read_text())["p_value"])
     assert len(p_values) == 8 and all(p > 0.01 for p in p_values)
     assert not all(math.isclose(p, p_values[0]) for p in p_values)
+
+
+def test_per_generation_keys_mark_detect_and_filter(cli, tmp_path):
+    """key_mode=generation: S_t carries key t; the filter tests every key used so far
+    (Bonferroni) and inheritance is measured against the key of generation t − 1."""
+    code, _, err = cli("run", "loop=synthetic_augmentation", "watermark=spread_spectrum",
+                       "watermark.key_mode=generation", "arm=watermark_filter",
+                       "loop.generations=3", *TINY)
+    assert code == 0, err
+    run = only_run(tmp_path / "outputs")
+    rows = read_csv(run / "results.csv")
+    assert rows[0]["wm_key_mode"] == "generation"
+    for row in rows[1:]:                     # pools hold S_{t-1} marked with key t − 1: all caught
+        assert float(row["filter_tpr"]) >= 0.95
+    cfg = OmegaConf.load(run / "config.yaml")
+    clean = MNIST5k(seed=0).load().reference[:300]
+    pooled = Checkpoints(run / "state").load(2)["samples"]          # S_2 as it entered pool 3
+    wm = RunWatermark(cfg.watermark, int(cfg.seed), (1, 28, 28), clean, torch.device("cpu"))
+    own = wm.detector(2).detect(pooled).flagged.float().mean()
+    other = wm.detector(1).detect(pooled).flagged.float().mean()
+    assert own > 0.95 and other < 0.1            # generation 2's samples carry key 2, not key 1

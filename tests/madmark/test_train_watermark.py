@@ -15,6 +15,8 @@ from watermark.train import evaluate, latest_checkpoint
 from madmark.data import MNIST5k
 from tests.madmark.conftest import REPO, run_dirs
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")     # 2 threads contend on small CPUs
+
 
 def test_train_watermark_card_round_trip(cli, tmp_path):
     code, out, err = cli("train-watermark", "steps=30", "val_every=0", "checkpoint_every=15",
