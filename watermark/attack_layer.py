@@ -6,13 +6,14 @@
 Each call draws 1..max_chain distinct attacks from the configured list and, for each, a strength
 uniformly from its range; the same draw applies to the whole batch. Per-image randomness (the
 noise of `noise`) is drawn for the whole batch too: `layer(x, rows=r, batch_size=B)` attacks x as
-rows r of a batch of B, drawing everything for the B images and keeping rows r, so each process of a
-batch split across processes (DDP) gets exactly its rows of what the whole batch would get. All attacks are the torch/kornia
-ops of `watermark.attacks` (JPEG through kornia's differentiable codec), so the output is
-differentiable in the input end to end (pixels that clamping saturates pass no gradient). With
-`keep_size` (default), crops and downscales are resized back to (H, W) so a fixed-size decoder can
-read them. The layer is active in train and eval mode alike; include "identity" to leave some
-batches clean. `last` records the most recent draw as [(name, strength), ...].
+rows r of a batch of B, drawing everything for the B images and keeping rows r, so each process of
+a batch split across processes (DDP) gets exactly its rows of what the whole batch would get. All
+attacks are the torch/kornia ops of `watermark.attacks` (JPEG through kornia's differentiable
+codec), so the output is differentiable in the input end to end (pixels that clamping saturates
+pass no gradient). With `keep_size` (default), crops and downscales are resized back to (H, W) so a
+fixed-size decoder can read them. The layer is active in train and eval mode alike; include
+"identity" to leave some batches clean. `last` records the most recent draw as [(name, strength),
+...].
 """
 from __future__ import annotations
 

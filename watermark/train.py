@@ -20,9 +20,11 @@ Adam (lr), gradient-norm clipping at 1.
 One step is `watermark_train_step` on the module `EmbedAttackDecode` (embed -> attack -> decode, the
 watermarker's own two networks). Under `torchrun --nproc_per_node=N` (loops.distributed) the same
 code runs in every process: each draws the same global batch, messages and attack draws, computes
-its `dist.shard(B)` rows in a DistributedDataParallel wrapper and scales its loss by n_local N / B,
-so the step is the single-process step on the global batch (docs/scaling.md). Rank 0 alone
-validates, writes checkpoints and the metrics log and shows the progress bar.
+its contiguous share of the rows (loops.distributed.shard's partition) in a DistributedDataParallel
+wrapper and scales its loss by n_local N / B, so the step is the single-process step on the global
+batch (docs/scaling.md). Rank 0 alone validates, writes checkpoints and the metrics log and shows
+the progress bar. The process group is torch.distributed's (started by the caller, e.g. madmark
+train-watermark through loops.distributed.init); watermark imports nothing from loops.
 
 Determinism and resume. Everything random at step t (batch indices, messages, attack draws) comes
 from generators seeded with (seed, t), and the initial weights from `seed`, so a run resumed from a
@@ -43,12 +45,10 @@ import time
 from typing import Callable, Sequence
 
 import torch
+import torch.distributed as tdist
 import torch.nn.functional as F
 from safetensors.torch import load_file
-
 from torch import nn
-
-from loops import distributed as dist
 
 from .attack_layer import AttackLayer
 from .attacks import apply_attack
@@ -67,6 +67,21 @@ def _seed(seed: int, step: int, stream: int) -> int:
 def _gen(seed: int, step: int, stream: int) -> torch.Generator:
     """A CPU generator seeded with `_seed(seed, step, stream)`."""
     return torch.Generator().manual_seed(_seed(seed, step, stream))
+
+
+def _place() -> tuple[int, int]:
+    """(rank, world size) in torch.distributed's process group; (0, 1) without one."""
+    if tdist.is_available() and tdist.is_initialized():
+        return tdist.get_rank(), tdist.get_world_size()
+    return 0, 1
+
+
+def _shard(n: int) -> slice:
+    """This rank's contiguous rows of range(n), the partition of loops.distributed.shard."""
+    rank, world = _place()
+    base, extra = divmod(int(n), world)
+    start = rank * base + min(rank, extra)
+    return slice(start, start + base + (1 if rank < extra else 0))
 
 
 class EmbedAttackDecode(nn.Module):
@@ -95,16 +110,16 @@ def watermark_train_step(module: nn.Module, optimizer: torch.optim.Optimizer, im
                          attack_seed: int | None = None, grad_clip: float = 1.0) -> dict[str, float]:
     """One optimiser step on the global batch; every rank passes the same arguments.
 
-    module: an `EmbedAttackDecode`, DDP-wrapped under torchrun (`dist.wrap`); images (B, C, H, W)
+    module: an `EmbedAttackDecode`, DDP-wrapped under torchrun; images (B, C, H, W)
     in [0, 1] and messages (B, K) float {0, 1}: the global batch (moved to the model's device).
-    This rank computes rows `dist.shard(B)`. alpha: embedding strength of this step; attack_seed:
+    This rank computes its rows (`_shard(B)`). alpha: embedding strength of this step; attack_seed:
     the attack layer's generator is seeded with it (the same on every rank), None = no attacks.
     Loss: BCE(logits, m) + quality_weight mse(x_w, x) / alpha^2, means over the global batch;
     gradient norm clipped at grad_clip. Returns the global means of STATS (identical on every rank).
     """
     b = images.shape[0]
-    rows = dist.shard(b)
-    core = dist.unwrap(module)
+    rows, world = _shard(b), _place()[1]
+    core = getattr(module, "module", module)           # inside DistributedDataParallel
     core.wm.alpha = alpha
     if attack_seed is not None:
         core.layer.generator.manual_seed(attack_seed)
@@ -116,12 +131,14 @@ def watermark_train_step(module: nn.Module, optimizer: torch.optim.Optimizer, im
     loss = bit_loss + quality_weight * q_loss
     share = (rows.stop - rows.start) / b                 # this rank's part of the global mean
     optimizer.zero_grad(set_to_none=True)
-    (loss * (share * dist.world_size())).backward()     # DDP averages: the global-mean gradient
+    (loss * (share * world)).backward()                 # DDP averages: the global-mean gradient
     torch.nn.utils.clip_grad_norm_(module.parameters(), grad_clip)
     optimizer.step()
     acc = ((logits > 0).float() == m).float().mean()
     stats = torch.stack([loss, bit_loss, q_loss, acc]).detach().double() * share
-    return dict(zip(STATS, dist.all_reduce_sum(stats).tolist()))
+    if world > 1:
+        tdist.all_reduce(stats)
+    return dict(zip(STATS, stats.tolist()))
 
 
 @torch.no_grad()
@@ -214,9 +231,10 @@ def train_watermarker(images_train: torch.Tensor, images_val: torch.Tensor, *, n
     warmup, ramp = int(round(warmup_frac * steps)), int(round(ramp_frac * steps))
     x_val = images_val[:val_images]
     log: list[dict] = []
-    start, main = 0, dist.is_main()
-    if batch_size < dist.world_size():
-        raise ValueError(f"batch_size {batch_size} < {dist.world_size()} processes: some would get no rows")
+    (rank, world), start = _place(), 0
+    main = rank == 0
+    if batch_size < world:
+        raise ValueError(f"batch_size {batch_size} < {world} processes: some would get no rows")
     if checkpoint_dir:
         if main:
             os.makedirs(checkpoint_dir, exist_ok=True)
@@ -230,11 +248,16 @@ def train_watermarker(images_train: torch.Tensor, images_val: torch.Tensor, *, n
             if main and os.path.isfile(mpath):
                 with open(mpath) as f:
                     log = [r for r in map(json.loads, f) if r["step"] <= start]
-        dist.barrier()                                     # all have read it before rank 0 writes
+        if world > 1:
+            tdist.barrier()                                # all have read it before rank 0 writes
         if main:
             with open(os.path.join(checkpoint_dir, "metrics.jsonl"), "w") as f:   # rewrite the kept part
                 f.writelines(json.dumps(r) + "\n" for r in log)
-    module = dist.wrap(EmbedAttackDecode(model, layer))
+    module = EmbedAttackDecode(model, layer)
+    if world > 1:
+        where = next(module.parameters()).device               # cuda:i has its index
+        module = nn.parallel.DistributedDataParallel(
+            module, device_ids=[where.index] if where.type == "cuda" else None)
 
     bar = None
     if progress is True and main:
@@ -277,6 +300,9 @@ def train_watermarker(images_train: torch.Tensor, images_val: torch.Tensor, *, n
     model.alpha = alpha
     if main and checkpoint_dir and start < steps:
         _save_checkpoint(checkpoint_dir, steps, model, opt, {"step": steps, "seed": seed, "config": config})
-    log = dist.broadcast_object(log)                       # rank 0's log, once it has written all
+    if world > 1:                                          # rank 0's log, once it has written all
+        box = [log]
+        tdist.broadcast_object_list(box, src=0)
+        log = box[0]
     model.train_config = config
     return model.eval(), log

@@ -63,6 +63,19 @@ def test_shards_partition_the_range_like_numpy_array_split(monkeypatch, world):
         assert parts == [a.tolist() for a in np.array_split(np.arange(n), world)]
 
 
+@pytest.mark.parametrize("world", [1, 2, 3, 5])
+def test_watermark_training_shards_like_loops_distributed(monkeypatch, world):
+    """watermark/train.py reads torch.distributed itself (watermark imports nothing from loops);
+    its rows are loops.distributed.shard's."""
+    import watermark.train as wt
+
+    monkeypatch.setattr(dist, "world_size", lambda: world)
+    for r in range(world):
+        monkeypatch.setattr(dist, "rank", lambda r=r: r)
+        monkeypatch.setattr(wt, "_place", lambda r=r: (r, world))
+        assert [wt._shard(n) for n in range(12)] == [dist.shard(n) for n in range(12)]
+
+
 # ---- two processes under torchrun (gloo, CPU) ----------------------------------------------------
 
 @pytest.fixture(scope="module")

@@ -91,6 +91,30 @@ def test_attack_layer_is_differentiable(name):
         assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0, name
 
 
+def test_attack_layer_on_rows_of_a_batch_gives_those_rows_of_the_whole_batch():
+    """Split 4 / 3 as under DDP: each part, attacked as rows of the batch of 7 by a layer seeded
+    alike, is its rows of the whole batch's result (noise drawn for all 7 images), with the same
+    draw; drawing the noise for the part alone would differ."""
+    x = torch.rand(7, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    seen = set()
+    for seed in range(12):
+        whole_layer = AttackLayer({"noise": (0.05, 0.1), "jpeg": (50.0, 90.0), "resize": (0.5, 1.0)},
+                                  max_chain=3, seed=seed)
+        whole = whole_layer(x)
+        seen.update(name for name, _ in whole_layer.last)
+        for rows in (slice(0, 4), slice(4, 7)):
+            part_layer = AttackLayer(whole_layer.ranges, max_chain=3, seed=seed)
+            part = part_layer(x[rows], rows=rows, batch_size=7)
+            assert part_layer.last == whole_layer.last
+            assert torch.allclose(part, whole[rows], rtol=0, atol=1e-6), (seed, whole_layer.last)
+    assert seen == {"noise", "jpeg", "resize"}
+    g = torch.Generator().manual_seed(0)
+    alone = ATTACKS["noise"](x[4:], 0.1, generator=g)
+    assert not torch.allclose(alone, ATTACKS["noise"](x, 0.1, generator=g.manual_seed(0))[4:])
+    with pytest.raises(ValueError):
+        AttackLayer(["noise"], seed=0)(x[4:], rows=slice(4, 7))
+
+
 def test_attack_layer_chains_and_is_reproducible():
     x = torch.rand(2, 3, 64, 64, requires_grad=True)
     a, b = AttackLayer(seed=5), AttackLayer(seed=5)
