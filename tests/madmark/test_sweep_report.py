@@ -127,3 +127,32 @@ def test_jobs_are_in_numeric_order(tmp_path, jobs):
         (root / job / "results.csv").write_text(rows_to_csv([{"generation": 1, "recall": 0.5}]))
     write_sweep_report(root)
     assert [r["job"] for r in read_csv(root / "summary.csv")] == ["1", "2", "10"]
+
+
+def _fake_run(root: Path, job: str, overrides: list[str], energy: list[float]) -> None:
+    folder = root / job
+    (folder / ".hydra").mkdir(parents=True)
+    (folder / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+    (folder / "results.csv").write_text(rows_to_csv(
+        {"generation": g, "artifact_energy": e, "recall": 0.5 - 0.1 * g}
+        for g, e in enumerate(energy, start=1)))
+
+
+def test_runs_are_compared_with_their_control_arm(tmp_path):
+    _fake_run(tmp_path, "0", ["watermark=a", "arm=control"], [0.8, 1.0, 1.1])
+    _fake_run(tmp_path, "1", ["watermark=a", "arm=watermark"], [0.8, 2.0, 3.5])
+    _fake_run(tmp_path, "2", ["watermark=b", "arm=control"], [0.4, 0.5])
+    _fake_run(tmp_path, "3", ["watermark=b", "arm=watermark"], [0.4, 1.5])
+    found = tables(write_sweep_report(tmp_path).read_text())
+    header, body = found["artifact_energy − control"]
+    assert header == ["run − its control", "g1", "g2", "g3"]
+    assert body == [["watermark=a arm=watermark", "0", "1", "2.4"],
+                    ["watermark=b arm=watermark", "0", "1", ""]]
+    _, recall = found["recall − control"]
+    assert [row[1:3] for row in recall] == [["0", "0"], ["0", "0"]]
+
+
+def test_no_control_arm_no_comparison(tmp_path):
+    _fake_run(tmp_path, "0", ["watermark=a"], [0.8, 1.0])
+    _fake_run(tmp_path, "1", ["watermark=b"], [0.4, 0.5])
+    assert "Against the control arm" not in write_sweep_report(tmp_path).read_text()
