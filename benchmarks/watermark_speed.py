@@ -7,8 +7,9 @@ Run from the repository root (needs `pip install 'madmark[baselines]'`):
 Both methods mark and then decode the same N real 256x256 RGB photo crops (scikit-image) in one
 process, 32 bits. Prints images/s for each and
 ``ratio_vs_dwtdct: <spread spectrum embed+detect images/s / DwtDct embed+detect images/s>``, plus
-the same for an untrained learned watermarker of the RGB architecture (64x64 working resolution,
-48 bits; speed does not depend on training). Best of 3 repeats.
+the same for the learned RGB watermarker: the shipped ``rgb48`` card when present (64x64 working
+resolution, 48 bits), else an untrained model of width 32 (speed does not depend on training).
+Best of 3 repeats.
 """
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ import time
 import torch
 
 from madmark.data import Photos
-from watermark import DwtDct, LearnedWatermarker, SecretKey, SpreadSpectrum
+from watermark import DwtDct, LearnedWatermarker, SecretKey, SpreadSpectrum, load
+from watermark.cards import CARDS_DIR
 
 
 def throughput(method, images: torch.Tensor, batch: int, repeats: int = 3) -> float:
@@ -51,8 +53,12 @@ def main() -> None:
     print(f"device: {device} ({name}), torch threads {torch.get_num_threads()}, N = {len(images)}")
     dwt = throughput(DwtDct(num_bits=32), images, args.batch)
     ss = throughput(SpreadSpectrum(SecretKey("bench"), num_bits=32), images.to(device), args.batch)
-    learned = LearnedWatermarker(48, 64, 0.02, 3, 32, device=str(device))
+    if (CARDS_DIR / "rgb48.yaml").is_file():            # the shipped RGB card
+        learned, what = load("rgb48").to(device), "rgb48 card"
+    else:                                                # its architecture, untrained
+        learned, what = LearnedWatermarker(48, 64, 0.02, 3, 32, device=str(device)), "untrained"
     lw = throughput(learned, images.to(device), args.batch)
+    print(f"learned: {what}, width {learned.hparams()['width']}")
     print(f"dwtdct_images_per_s: {dwt:.1f}")
     print(f"spread_spectrum_images_per_s: {ss:.1f}")
     print(f"learned_rgb48_images_per_s: {lw:.1f}")
