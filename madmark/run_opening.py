@@ -3,7 +3,7 @@ auto-resumed (``auto_resume=true``, a requeued job) — agreed on by every rank 
 from __future__ import annotations
 
 import os
-from typing import Optional
+from typing import Any, Callable, Optional
 
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -74,17 +74,36 @@ def open_run(cfg: DictConfig) -> tuple[RunDir, DictConfig, bool]:
     return run, cfg, False
 
 
-def agree_on_run(cfg: DictConfig) -> tuple[RunDir, DictConfig, bool, bool]:
-    """:func:`open_run` on rank 0, broadcast: every rank gets the same run directory, config and
-    resume decision, and whether the run is already complete (or rank 0's error, raised on every
-    rank). Hydra's run directory and ``${now}`` are rank 0's."""
+#: Hydra overrides of ranks > 0 under torchrun: no output folder, .hydra/ or log file of their own
+#: (with resume=<dir>, Hydra's run dir stays <dir>, which already exists)
+WORKER_OVERRIDES = ("hydra.run.dir=.", "hydra.output_subdir=null", "hydra/job_logging=none")
+
+
+def torchrun_args(command: str, args: list[str]) -> list[str]:
+    """The Hydra arguments of this process: under torchrun a sweep is refused and ranks > 0 get
+    :data:`WORKER_OVERRIDES`; under plain python ``args`` unchanged."""
+    if int(os.environ.get("WORLD_SIZE") or 1) <= 1:
+        return args
+    if any(a in ("-m", "--multirun") for a in args):
+        raise MadmarkError(f"madmark {command} -m (a sweep) cannot run under torchrun",
+                           "run the sweep's points as separate torchrun jobs, or sweep without "
+                           "torchrun")
+    if int(os.environ.get("RANK") or 0) > 0:
+        return [*args, *WORKER_OVERRIDES]
+    return args
+
+
+def agree(open_run: Callable[[DictConfig], tuple[RunDir, DictConfig, bool, Any]],
+          cfg: DictConfig) -> tuple[RunDir, DictConfig, bool, Any]:
+    """``open_run(cfg) -> (run, config, resumed, extra)`` on rank 0, broadcast: every rank gets the
+    same run directory, config, resume decision and (picklable) ``extra``, or rank 0's error,
+    raised on every rank. Hydra's run directory and ``${now}`` are rank 0's."""
     shared: tuple = ()
     if dist.is_main():
         try:
-            run, run_cfg, resumed = open_run(cfg)
-            complete = run.read_status().get("state") == "complete"
+            run, run_cfg, resumed, extra = open_run(cfg)
             shared = ("ok", str(run.path), OmegaConf.to_yaml(run_cfg) if resumed else None,
-                      resumed, complete)
+                      resumed, extra)
         except Exception as error:
             failure = error
             shared = ("error", getattr(error, "problem", str(error)), getattr(error, "fix", None))
@@ -96,8 +115,16 @@ def agree_on_run(cfg: DictConfig) -> tuple[RunDir, DictConfig, bool, bool]:
             raise RuntimeError(f"rank 0 could not open the run: {shared[1]}")
         raise MadmarkError(shared[1], shared[2])
     if dist.is_main():
-        return run, run_cfg, resumed, complete
-    _, path, recorded, resumed, complete = shared
-    return RunDir(path), (OmegaConf.create(recorded) if resumed else cfg), resumed, complete
+        return run, run_cfg, resumed, extra
+    _, path, recorded, resumed, extra = shared
+    return RunDir(path), (OmegaConf.create(recorded) if resumed else cfg), resumed, extra
 
 
+def agree_on_run(cfg: DictConfig) -> tuple[RunDir, DictConfig, bool, bool]:
+    """:func:`open_run` agreed across ranks (:func:`agree`), with whether the run is already
+    complete."""
+    def opened(cfg: DictConfig):
+        run, run_cfg, resumed = open_run(cfg)
+        return run, run_cfg, resumed, run.read_status().get("state") == "complete"
+
+    return agree(opened, cfg)

@@ -11,7 +11,6 @@ resume decision and broadcasts them, and only rank 0 writes (Hydra's own files i
 """
 from __future__ import annotations
 
-import os
 import shutil
 import time
 
@@ -31,13 +30,8 @@ from madmark.hydra_app import report_error, run_hydra
 from madmark.metrics import GenerationMetrics, make_extractor
 from madmark.report import CONSOLE_TABLE, SETTINGS, WATERMARK_SETTINGS, write_report
 from madmark.rundir import RunDir, environment
-from madmark.run_opening import agree_on_run, backend
+from madmark.run_opening import agree_on_run, backend, torchrun_args
 from madmark.watermarking import RunWatermark, build_run_watermark
-
-
-#: Hydra overrides of ranks > 0 under torchrun: no output folder, .hydra/ or log file of their own
-#: (with resume=<dir>, Hydra's run dir stays <dir>, which already exists)
-WORKER_OVERRIDES = ("hydra.run.dir=.", "hydra.output_subdir=null", "hydra/job_logging=none")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -196,11 +190,8 @@ def _run(cfg: DictConfig, run: RunDir, device: torch.device) -> list[dict]:
 
 
 def main(args: list[str]) -> int:
-    if int(os.environ.get("WORLD_SIZE") or 1) > 1:      # under torchrun
-        if any(a in ("-m", "--multirun") for a in args):
-            return report_error(MadmarkError(
-                "madmark run -m (a sweep) cannot run under torchrun",
-                "run the sweep's points as separate torchrun jobs, or sweep without torchrun"))
-        if int(os.environ.get("RANK") or 0) > 0:
-            args = [*args, *WORKER_OVERRIDES]
+    try:
+        args = torchrun_args("run", args)
+    except MadmarkError as error:
+        return report_error(error)
     return run_hydra("run", run_loop, args)

@@ -14,54 +14,30 @@ across ranks); rank 0 picks the run directory and broadcasts it, and only rank 0
 """
 from __future__ import annotations
 
-import os
-
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from loops import distributed as dist
-from madmark.commands.run import WORKER_OVERRIDES, backend, resolve_device
+from madmark.commands.run import resolve_device
 from madmark.errors import MadmarkError
 from madmark.hydra_app import report_error, run_hydra, to_container
+from madmark.run_opening import agree, backend, torchrun_args
 from madmark.rundir import RunDir, environment
 from watermark import save_card, train_watermarker
 from watermark.train import evaluate
 
 
-def open_run(cfg: DictConfig) -> tuple[RunDir, DictConfig, bool]:
+def open_run(cfg: DictConfig) -> tuple[RunDir, DictConfig, bool, None]:
     """The run directory and the config to train: Hydra's new folder, or the recorded one for
-    ``resume=<dir>``; returns (run, config, resumed)."""
+    ``resume=<dir>``; returns (run, config, resumed, None) for :func:`agree`."""
     if not cfg.resume:
-        return RunDir(HydraConfig.get().runtime.output_dir), cfg, False
+        return RunDir(HydraConfig.get().runtime.output_dir), cfg, False, None
     run = RunDir(cfg.resume)
     if not run.exists():
         raise MadmarkError(f"resume={cfg.resume} is not a train-watermark run directory",
                            "pass the folder of an earlier madmark train-watermark run")
-    return run, run.read_config(), True
-
-
-def agree_on_run(cfg: DictConfig) -> tuple[RunDir, DictConfig, bool]:
-    """:func:`open_run` on rank 0, broadcast to every rank (its error is raised on every rank)."""
-    shared: tuple = ()
-    if dist.is_main():
-        try:
-            run, run_cfg, resumed = open_run(cfg)
-            shared = ("ok", str(run.path), OmegaConf.to_yaml(run_cfg) if resumed else None, resumed)
-        except Exception as error:
-            failure = error
-            shared = ("error", getattr(error, "problem", str(error)), getattr(error, "fix", None))
-    shared = dist.broadcast_object(shared)
-    if shared[0] == "error":
-        if dist.is_main():
-            raise failure
-        if shared[2] is None:
-            raise RuntimeError(f"rank 0 could not open the run: {shared[1]}")
-        raise MadmarkError(shared[1], shared[2])
-    if dist.is_main():
-        return run, run_cfg, resumed
-    _, path, recorded, resumed = shared
-    return RunDir(path), (OmegaConf.create(recorded) if resumed else cfg), resumed
+    return run, run.read_config(), True, None
 
 
 def train(cfg: DictConfig) -> None:
@@ -74,7 +50,7 @@ def train(cfg: DictConfig) -> None:
 
 
 def _train(cfg: DictConfig) -> None:
-    run, cfg, resumed = agree_on_run(cfg)
+    run, cfg, resumed, _ = agree(open_run, cfg)
     device = resolve_device(str(cfg.device))
     if dist.is_main():
         if not resumed:
@@ -105,11 +81,8 @@ def _train(cfg: DictConfig) -> None:
 
 
 def main(args: list[str]) -> int:
-    if int(os.environ.get("WORLD_SIZE") or 1) > 1:      # under torchrun
-        if any(a in ("-m", "--multirun") for a in args):
-            return report_error(MadmarkError(
-                "madmark train-watermark -m (a sweep) cannot run under torchrun",
-                "run the sweep's points as separate torchrun jobs, or sweep without torchrun"))
-        if int(os.environ.get("RANK") or 0) > 0:
-            args = [*args, *WORKER_OVERRIDES]
+    try:
+        args = torchrun_args("train-watermark", args)
+    except MadmarkError as error:
+        return report_error(error)
     return run_hydra("train-watermark", train, args, config_name="train_watermark")

@@ -15,8 +15,6 @@ from eval.artifacts import (COLUMNS, ArtifactMeter, WatermarkProbe, add_growth, 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-
-
 def _stub_embed(pattern):
     """A mark whose residual varies per image: a fixed pattern scaled by (1 + image brightness
     wobble) plus an image-dependent texture, so r̄ is not simply `pattern`."""

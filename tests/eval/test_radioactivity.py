@@ -17,8 +17,6 @@ K = 32
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-
-
 def _simulate(reps, m, m0, shift=0.0, drift=0.0, seed=0, chunk=250):
     """Matched bits of `reps` replicates: yields (M, K) tested and (M0, K) clean matrices.
 

@@ -20,8 +20,6 @@ TOL = 1e-5
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-
-
 # ---- one process: rank 0 of 1 ------------------------------------------------------------------
 
 def test_single_process_is_rank_zero_of_one(monkeypatch):

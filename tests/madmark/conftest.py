@@ -1,3 +1,4 @@
+import json
 import os
 import subprocess
 import sys
@@ -8,6 +9,8 @@ import pytest
 from madmark.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
+#: sitecustomize.py that records every file a process writes under MADMARK_AUDIT_ROOT
+AUDIT = Path(__file__).resolve().parent / "write_audit"
 #: a fast vector loop: analytic Gaussian data and model, no progress bars
 FAST = ["data=gaussian", "model=gaussian", "data.dim=3", "data.n_train=200", "data.n_reference=200",
         "loop.generations=3", "progress=false"]
@@ -36,3 +39,21 @@ def cli(tmp_path, capsys):
 def run_dirs(root: Path) -> list[Path]:
     """Run directories under root (folders holding madmark's config.yaml, not Hydra's own)."""
     return sorted(p.parent for p in root.rglob("config.yaml") if p.parent.name != ".hydra")
+
+
+def torchrun_madmark(root: Path, command: str, *args: str,
+                     timeout: int = 600) -> tuple[subprocess.CompletedProcess, list]:
+    """``madmark <command> *args`` on 2 gloo processes (torchrun) with working directory
+    ``root/cwd``; asserts success and returns the process and, per rank, the [event, path]
+    writes it made under ``root`` (recorded by the audit hook in write_audit/)."""
+    cwd, log = root / "cwd", root.parent / f"{root.name}_audit"
+    cwd.mkdir(parents=True)
+    log.mkdir()
+    env = {**os.environ, "PYTHONPATH": f"{AUDIT}{os.pathsep}{REPO}", "OMP_NUM_THREADS": "1",
+           "MADMARK_DIST_BACKEND": "gloo", "PYTHONDONTWRITEBYTECODE": "1",
+           "MADMARK_AUDIT_ROOT": str(root), "MADMARK_AUDIT_LOG": str(log)}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           "--nproc_per_node=2", "-m", "madmark", command, *args],
+                          capture_output=True, text=True, env=env, cwd=cwd, timeout=timeout)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done, [json.loads((log / f"rank{r}.json").read_text()) for r in range(2)]

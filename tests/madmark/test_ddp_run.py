@@ -5,19 +5,15 @@ records every file each rank opens for writing, creates, renames or removes unde
     python -m torch.distributed.run --standalone --nproc_per_node=2 -m madmark run ...
 """
 import json
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from madmark.rundir import read_csv, rows_to_csv
-from tests.madmark.conftest import REPO, run_dirs
+from tests.madmark.conftest import run_dirs, torchrun_madmark
 
-AUDIT = Path(__file__).resolve().parent / "write_audit"
 #: two generations of the analytic Gaussian loop with the feature metrics (raw features)
 TINY = ["data=gaussian", "model=gaussian", "loop.generations=2", "data.dim=2", "data.n_train=200",
         "data.n_reference=200", "eval.enabled=true", "progress=false"]
@@ -32,23 +28,9 @@ DDPM = ["data=mnist5k", "model=ddpm_tiny", "loop.generations=2", "loop.n_real=12
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-
-
 def torchrun(root: Path, *args: str, timeout: int) -> tuple[subprocess.CompletedProcess, list]:
-    """``madmark run *args`` on 2 gloo processes with working directory ``root/cwd``; returns the
-    process and, per rank, the [event, path] writes it made under ``root``."""
-    cwd, log = root / "cwd", root.parent / f"{root.name}_audit"
-    cwd.mkdir(parents=True)
-    log.mkdir()
-    env = {**os.environ, "PYTHONPATH": f"{AUDIT}{os.pathsep}{REPO}", "OMP_NUM_THREADS": "1",
-           "MADMARK_DIST_BACKEND": "gloo", "PYTHONDONTWRITEBYTECODE": "1",
-           "MADMARK_AUDIT_ROOT": str(root), "MADMARK_AUDIT_LOG": str(log)}
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                           "--nproc_per_node=2", "-m", "madmark", "run", *args],
-                          capture_output=True, text=True, env=env, cwd=cwd, timeout=timeout)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    writes = [json.loads((log / f"rank{r}.json").read_text()) for r in range(2)]
-    return done, writes
+    """``madmark run *args`` on 2 gloo processes (see conftest.torchrun_madmark)."""
+    return torchrun_madmark(root, "run", *args, timeout=timeout)
 
 
 def check_only_rank_0_wrote(root: Path, run: Path, done: subprocess.CompletedProcess,

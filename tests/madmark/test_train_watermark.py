@@ -1,10 +1,8 @@
 """madmark train-watermark writes a loadable card whose recorded metrics the loaded model reproduces;
 under torchrun (2 gloo processes) it writes one run, from rank 0 alone."""
 import json
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,7 +11,7 @@ import torch
 from watermark import load_card
 from watermark.train import evaluate, latest_checkpoint
 from madmark.data import MNIST5k
-from tests.madmark.conftest import REPO, run_dirs
+from tests.madmark.conftest import run_dirs, torchrun_madmark
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")     # 2 threads contend on small CPUs
 
@@ -37,23 +35,11 @@ def test_train_watermark_card_round_trip(cli, tmp_path):
 #: checkpoint at step 4, the three curriculum phases (attacks jpeg, noise, blur from step 2)
 TINY = ["steps=8", "batch_size=16", "val_every=4", "checkpoint_every=4", "eval_images=32",
         "card_name=tiny"]
-AUDIT = Path(__file__).resolve().parent / "write_audit"
 
 
 def torchrun(root: Path, *args: str) -> tuple[subprocess.CompletedProcess, list]:
-    """``madmark train-watermark *args`` on 2 gloo processes with working directory ``root/cwd``;
-    returns the process and, per rank, the [event, path] writes it made under ``root``."""
-    cwd, log = root / "cwd", root.parent / f"{root.name}_audit"
-    cwd.mkdir(parents=True)
-    log.mkdir()
-    env = {**os.environ, "PYTHONPATH": f"{AUDIT}{os.pathsep}{REPO}", "OMP_NUM_THREADS": "1",
-           "MADMARK_DIST_BACKEND": "gloo", "PYTHONDONTWRITEBYTECODE": "1",
-           "MADMARK_AUDIT_ROOT": str(root), "MADMARK_AUDIT_LOG": str(log)}
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                           "--nproc_per_node=2", "-m", "madmark", "train-watermark", *args],
-                          capture_output=True, text=True, env=env, cwd=cwd, timeout=600)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    return done, [json.loads((log / f"rank{r}.json").read_text()) for r in range(2)]
+    """``madmark train-watermark *args`` on 2 gloo processes (see conftest.torchrun_madmark)."""
+    return torchrun_madmark(root, "train-watermark", *args)
 
 
 @pytest.fixture(scope="module")

@@ -28,8 +28,6 @@ TINY = dict(timesteps=50, beta_start=2e-3, beta_end=0.2, base_channels=8, channe
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-
-
 def two_class_images(n: int = 256, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """(n, 1, 8, 8) images: class 0 dark (0.2), class 1 bright (0.8), pixel noise 0.03."""
     g = torch.Generator().manual_seed(seed)
