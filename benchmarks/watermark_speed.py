@@ -2,7 +2,8 @@
 
 Run from the repository root (needs `pip install 'madmark[baselines]'`):
 
-    python benchmarks/watermark_speed.py [--n 64] [--device cpu|cuda] [--batch 64]
+    python benchmarks/watermark_speed.py [--n 64] [--device cpu|cuda] [--batch 64] [--dwtdct-n N]
+    python benchmarks/watermark_speed.py --device cuda --n 2048 --batch 256 --dwtdct-n 256   # GPU
 
 Both methods mark and then decode the same N real 256x256 RGB photo crops (scikit-image) in one
 process, 32 bits. Prints images/s for each and
@@ -44,14 +45,18 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=64)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dwtdct-n", type=int, default=None,
+                    help="images for DwtDct (default --n): it runs one image at a time on the CPU, so its "
+                         "rate does not depend on N, and a GPU run's N would take minutes")
     args = ap.parse_args()
     images = Photos(seed=0, size=256, n_train=8, n_reference=args.n, reference_fraction=0.5,
                     images=["astronaut", "coffee", "rocket", "immunohistochemistry", "retina",
                             "hubble_deep_field"]).load().reference
     device = torch.device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine())
-    print(f"device: {device} ({name}), torch threads {torch.get_num_threads()}, N = {len(images)}")
-    dwt = throughput(DwtDct(num_bits=32), images, args.batch)
+    print(f"device: {device} ({name}), torch threads {torch.get_num_threads()}, N = {len(images)}, "
+          f"batch {args.batch}, DwtDct on the CPU with N = {min(args.dwtdct_n or len(images), len(images))}")
+    dwt = throughput(DwtDct(num_bits=32), images[:args.dwtdct_n or len(images)], args.batch)
     ss = throughput(SpreadSpectrum(SecretKey("bench"), num_bits=32), images.to(device), args.batch)
     if (CARDS_DIR / "rgb48.yaml").is_file():            # the shipped RGB card
         learned, what = load("rgb48").to(device), "rgb48 card"

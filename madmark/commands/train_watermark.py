@@ -7,7 +7,8 @@
 
 The run directory holds config.yaml, env.json, checkpoints/ (atomic, resumable), metrics.jsonl and
 the card ``<card_name>.yaml`` + ``.safetensors`` with its held-out metrics (clean bit accuracy,
-JPEG-50 bit accuracy, PSNR on the data source's reference split, never trained on).
+JPEG-50 bit accuracy, PSNR on the data source's reference split, never trained on), measured at the
+card's strength: ``card_alpha`` when set (a post-training operating point), else ``alpha``.
 
 Under torchrun (docs/scaling.md) every rank trains (DDP, the global batch ``batch_size`` split
 across ranks); rank 0 picks the run directory and broadcasts it, and only rank 0 writes.
@@ -52,6 +53,12 @@ def train(cfg: DictConfig) -> None:
 def _train(cfg: DictConfig) -> None:
     run, cfg, resumed, _ = agree(open_run, cfg)
     device = resolve_device(str(cfg.device))
+    card_alpha = cfg.get("card_alpha")
+    if card_alpha is not None:
+        card_alpha = float(card_alpha)
+        if not card_alpha > 0:
+            raise MadmarkError(f"card_alpha={cfg.card_alpha} must be a positive strength",
+                               "set e.g. card_alpha=0.025, or card_alpha=null for the trained alpha")
     if dist.is_main():
         if not resumed:
             run.write_config(cfg)
@@ -69,6 +76,8 @@ def _train(cfg: DictConfig) -> None:
         checkpoint_every=int(cfg.checkpoint_every))
     if not dist.is_main():
         return
+    if card_alpha is not None:
+        model.alpha = card_alpha
     metrics = evaluate(model, splits.reference[:int(cfg.eval_images)], seed=int(cfg.seed))
     metrics["n_eval_images"] = min(int(cfg.eval_images), len(splits.reference))
     metrics["eval_split"] = "reference (held out, never trained on)"

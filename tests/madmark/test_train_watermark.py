@@ -31,6 +31,26 @@ def test_train_watermark_card_round_trip(cli, tmp_path):
     assert (card_path.parent / "checkpoints").is_dir()
 
 
+def test_card_alpha_sets_the_cards_strength_and_its_metrics(cli, tmp_path):
+    code, out, err = cli("train-watermark", "steps=10", "val_every=0", "checkpoint_every=0",
+                         "eval_images=16", "alpha=0.03", "card_alpha=0.06", "card_name=strong",
+                         f"out_dir={tmp_path / 'o'}")
+    assert code == 0, err
+    (card_path,) = (tmp_path / "o").rglob("strong.yaml")
+    model = load_card(card_path)
+    assert model.alpha == 0.06 and model.card["training"]["alpha"] == 0.03
+    reference = MNIST5k(seed=0).load().reference[:16]
+    assert evaluate(model, reference)["psnr"] == pytest.approx(model.card["metrics"]["psnr"], abs=1e-6)
+    model.alpha = 0.03                   # the metrics were measured at the stronger residual
+    assert evaluate(model, reference)["psnr"] > model.card["metrics"]["psnr"] + 3
+
+
+def test_invalid_card_alpha_fails_before_training(cli, tmp_path):
+    code, out, err = cli("train-watermark", "steps=10", "card_alpha=-1", f"out_dir={tmp_path / 'o'}")
+    assert code == 2 and "card_alpha=-1" in err and "must be a positive strength" in err
+    assert not list((tmp_path / "o").rglob("checkpoints"))
+
+
 #: a tiny run: 8 steps of global batches of 16 (split 8 / 8 under torchrun), validation and a
 #: checkpoint at step 4, the three curriculum phases (attacks jpeg, noise, blur from step 2)
 TINY = ["steps=8", "batch_size=16", "val_every=4", "checkpoint_every=4", "eval_images=32",

@@ -29,10 +29,11 @@ def test_digits_card_meets_its_target():
     assert card["metrics"]["bit_acc"] >= 0.99 and card["metrics"]["psnr"] >= 30
 
 
-def test_rgb_card_meets_its_targets_but_jpeg50():
-    """rgb48: 48 bits on RGB photo crops, PSNR >= 38 dB and clean bit accuracy >= 0.99 (met);
-    the JPEG-50 target of 0.95 is not met yet (0.936 after 8,000 CPU steps): recorded, not hidden."""
+def test_rgb_card_meets_its_targets():
+    """rgb48: >= 48 bits on held-out RGB photo crops, PSNR >= 38 dB, clean bit accuracy >= 0.99 and
+    JPEG-50 bit accuracy >= 0.95 at the card's strength (card_alpha, raised after training)."""
     card = load("rgb48").card
     assert card["architecture"]["num_bits"] >= 48 and card["architecture"]["channels"] == 3
-    assert card["metrics"]["psnr"] >= 38 and card["metrics"]["bit_acc"] >= 0.99
-    assert card["metrics"]["bit_acc_jpeg50"] >= 0.93
+    assert card["architecture"]["alpha"] == card["training"]["card_alpha"]
+    metrics = card["metrics"]
+    assert metrics["psnr"] >= 38 and metrics["bit_acc"] >= 0.99 and metrics["bit_acc_jpeg50"] >= 0.95
