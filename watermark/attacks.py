@@ -6,7 +6,7 @@ x's device. `crop` and `resize` return smaller images; decoders must handle the 
 
     name         strength                       what it does
     jpeg         quality in (0, 100]            kornia's differentiable JPEG codec (4:2:0 chroma)
-    jpeg_pil     quality                        real libjpeg through Pillow (per image; not in the grid)
+    jpeg_pil     quality                        real libjpeg through Pillow (per image; the grid's JPEG)
     crop         kept fraction of the area      centred crop, side scaled by sqrt(fraction)
     resize       scale < 1                      antialiased bilinear downscale
     blur         sigma in pixels                Gaussian blur, kernel 2 ceil(3 sigma) + 1, reflect
@@ -16,7 +16,8 @@ x's device. `crop` and `resize` return smaller images; decoders must handle the 
     rotation     degrees (counter-clockwise)    about the centre, bilinear, black corners
 
 A name "a+b" applies a then b with strength (strength_a, strength_b): see `apply_attack`.
-`ATTACK_GRID` lists the (name, strength) pairs of the standard robustness table.
+`ATTACK_GRID` lists the (name, strength) pairs of the standard robustness table; its JPEG is the real
+codec (`jpeg_pil`), not the differentiable approximation the training layer uses.
 `PER_IMAGE_RANDOM` names the attacks that draw random numbers per image (`noise`); they also take
 `rows=, batch_size=` (x holds rows `rows` of a batch of `batch_size`): they draw for the whole batch
 and keep those rows, so a batch split across processes is attacked as if it were attacked whole.
@@ -161,7 +162,7 @@ def apply_attack(x: torch.Tensor, name: str, strength: Any,
 
 
 ATTACK_GRID: list[tuple[str, Any]] = [
-    ("jpeg", 90), ("jpeg", 70), ("jpeg", 50), ("jpeg", 30),
+    ("jpeg_pil", 90), ("jpeg_pil", 70), ("jpeg_pil", 50), ("jpeg_pil", 30),
     ("crop", 0.9), ("crop", 0.7), ("crop", 0.5),
     ("resize", 0.75), ("resize", 0.5), ("resize", 0.25),
     ("blur", 1.0), ("blur", 2.0),
@@ -169,6 +170,6 @@ ATTACK_GRID: list[tuple[str, Any]] = [
     ("brightness", 0.2), ("brightness", -0.2),
     ("contrast", 0.7), ("contrast", 1.3),
     ("rotation", 5), ("rotation", 15),
-    ("jpeg+crop", (50, 0.7)),
-    ("resize+jpeg", (0.5, 70)),
+    ("jpeg_pil+crop", (50, 0.7)),
+    ("resize+jpeg_pil", (0.5, 70)),
 ]

@@ -1,13 +1,21 @@
 """``madmark eval-watermark method=... data=...``: the attack × strength robustness table.
 
+    madmark eval-watermark method=rgb48                        # one method
+    madmark eval-watermark "method=[rgb48,dwtdct]" bits=48     # methods side by side, same images
+
 For every entry of ``watermark.ATTACK_GRID`` (and "none"), on ``n_images`` held-out real images
-(the data source's reference split): PSNR and SSIM of the marked image, bit accuracy, median
-log10 p-value and detection rate at ``alpha`` after the attack. Writes ``metrics.csv`` (one row
-per attack × strength) and ``plots/bit_accuracy.png`` in the run directory.
+(the data source's reference split), every method marks the same images with the same key: PSNR and
+SSIM of the marked image, bit accuracy, median log10 p-value and detection rate at ``alpha`` after
+the attack. An attack that leaves images a method cannot read at all (invisible-watermark below
+256 x 256 pixels, after a crop or a downscale) is recorded as not applicable to it (``applicable``
+False, metrics NaN, the reason in ``note``), not as a failure of the run. Writes ``metrics.csv``
+(one row per method × attack × strength), ``comparison.md`` (bit accuracy / detection rate per
+attack, one column per method) and ``plots/bit_accuracy.png`` (grouped bars) in the run directory.
 """
 from __future__ import annotations
 
 import io
+import math
 
 import torch
 from hydra.core.hydra_config import HydraConfig
@@ -19,12 +27,13 @@ from madmark.errors import MadmarkError
 from madmark.hydra_app import run_hydra
 from madmark.methods import build_method, secret_key
 from madmark.rundir import RunDir, environment, rows_to_csv
-from watermark import ATTACK_GRID, Detector, SecretKey, apply_attack, psnr, ssim
+from watermark import ATTACK_GRID, Detector, ImageTooSmallError, SecretKey, apply_attack, psnr, ssim
 
 
-def robustness_rows(method, key: SecretKey, images: torch.Tensor, alpha: float,
-                    seed: int) -> list[dict]:
-    """One row per attack × strength (first row: no attack) for ``images`` (N, C, H, W)."""
+def robustness_rows(method, key: SecretKey, images: torch.Tensor, alpha: float, seed: int,
+                    label: str | None = None) -> list[dict]:
+    """One row per attack × strength (first row: no attack) for ``images`` (N, C, H, W);
+    ``label`` names the method in the rows (default ``method.name``)."""
     message = key.message(method.num_bits)
     marked = method.embed(images, message.expand(len(images), -1))
     quality = {"psnr_db": float(psnr(marked, images).mean()),
@@ -34,30 +43,61 @@ def robustness_rows(method, key: SecretKey, images: torch.Tensor, alpha: float,
     for name, strength in [("none", None), *ATTACK_GRID]:
         g = torch.Generator().manual_seed(seed)
         attacked = marked if name == "none" else apply_attack(marked, name, strength, generator=g)
-        result = detector(attacked)
+        row = {"method": label or method.name, "bits": method.num_bits, "attack": name,
+               "strength": "" if strength is None else str(strength), **quality,
+               "attacked_size": "x".join(map(str, attacked.shape[-2:]))}
+        try:
+            result = detector(attacked)
+        except ImageTooSmallError as error:
+            rows.append({**row, "bit_accuracy": math.nan, "median_log10_p": math.nan,
+                         "detection_rate": math.nan, "applicable": False,
+                         "note": str(error).splitlines()[0], "alpha": alpha, "n_images": len(images)})
+            continue
         log_p = torch.log10(result.p_value.clamp_min(1e-300))
-        rows.append({"method": method.name, "attack": name,
-                     "strength": "" if strength is None else str(strength), **quality,
-                     "bit_accuracy": float(result.bit_accuracy.mean()),
+        rows.append({**row, "bit_accuracy": float(result.bit_accuracy.mean()),
                      "median_log10_p": float(log_p.median()),
                      "detection_rate": float(result.flagged.double().mean()),
-                     "alpha": alpha, "n_images": len(images)})
+                     "applicable": True, "note": "", "alpha": alpha, "n_images": len(images)})
     return rows
 
 
+def attack_label(row: dict) -> str:
+    """"jpeg_pil 50", "none", ...: the attack and its strength as one label."""
+    return f"{row['attack']} {row['strength']}".strip()
+
+
+def by_method(rows: list[dict]) -> dict[str, list[dict]]:
+    """Rows grouped by method, in order of first appearance; each group in grid order."""
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(r["method"], []).append(r)
+    return groups
+
+
 def plot_bit_accuracy(rows: list[dict], path) -> None:
+    """Grouped bars: bit accuracy per attack, one colour per method; "n/a" where not applicable."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = [f"{r['attack']} {r['strength']}".strip() for r in rows]
-    fig, ax = plt.subplots(figsize=(max(6, 0.4 * len(rows)), 4))
-    ax.bar(range(len(rows)), [r["bit_accuracy"] for r in rows])
+    groups = by_method(rows)
+    labels = [attack_label(r) for r in next(iter(groups.values()))]
+    width = 0.8 / len(groups)
+    fig, ax = plt.subplots(figsize=(max(7, 0.45 * len(labels) * max(1, len(groups) ** 0.5)), 4.2))
+    for j, (name, group) in enumerate(groups.items()):
+        xs = [i + (j - (len(groups) - 1) / 2) * width for i in range(len(group))]
+        accuracy = [r["bit_accuracy"] for r in group]
+        ax.bar(xs, [0 if math.isnan(a) else a for a in accuracy], width,
+               label=f"{name} ({group[0]['psnr_db']:.1f} dB, {group[0]['bits']} bits)")
+        for x, a in zip(xs, accuracy):
+            if math.isnan(a):
+                ax.text(x, 0.02, "n/a", rotation=90, ha="center", va="bottom", fontsize=6)
     ax.axhline(0.5, color="grey", lw=0.8, ls="--")
-    ax.set_xticks(range(len(rows)), labels, rotation=70, ha="right", fontsize=8)
+    ax.set_xticks(range(len(labels)), labels, rotation=70, ha="right", fontsize=8)
     ax.set_ylim(0, 1.02)
     ax.set_ylabel("bit accuracy")
-    ax.set_title(f"{rows[0]['method']}: PSNR {rows[0]['psnr_db']:.1f} dB, N = {rows[0]['n_images']}")
+    ax.set_title(f"bit accuracy after each attack, N = {rows[0]['n_images']} held-out images")
+    ax.legend(fontsize=7, loc="lower left")
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)
@@ -65,8 +105,39 @@ def plot_bit_accuracy(rows: list[dict], path) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
+def comparison_markdown(rows: list[dict], data_name: str) -> str:
+    """A Markdown table: one line per attack, "bit accuracy / detection rate" per method."""
+    groups = by_method(rows)
+    names = list(groups)
+    first = next(iter(groups.values()))
+    header = [f"{n} ({g[0]['psnr_db']:.1f} dB, SSIM {g[0]['ssim']:.3f}, {g[0]['bits']} bits)"
+              for n, g in groups.items()]
+    lines = [f"Bit accuracy / detection rate at α = {first[0]['alpha']} on {first[0]['n_images']} "
+             f"held-out images of {data_name}; n/a: the attacked image is below the method's "
+             "minimum size.", "", "| attack | " + " | ".join(header) + " |",
+             "| --- |" + " --- |" * len(names)]
+    for i, r in enumerate(first):
+        cells = []
+        for n in names:
+            q = groups[n][i]
+            cells.append("n/a" if not q["applicable"]
+                         else f"{q['bit_accuracy']:.3f} / {q['detection_rate']:.2f}")
+        lines.append(f"| {attack_label(r)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def method_names(value) -> list[str]:
+    """``method=`` as a list of names: one name, or a list ``[a,b]``; duplicates rejected."""
+    names = [str(value)] if isinstance(value, str) else [str(v) for v in value]
+    if not names or len(set(names)) != len(names):
+        raise MadmarkError(f"method={list(names)} must name one or more distinct methods",
+                           "pass method=rgb48 or \"method=[rgb48,dwtdct]\"")
+    return names
+
+
 def evaluate(cfg: DictConfig) -> None:
     run = RunDir(HydraConfig.get().runtime.output_dir)
+    names = method_names(cfg.method)
     key = secret_key("", cfg.key_file) if cfg.key_file else SecretKey.generate()
     torch.manual_seed(int(cfg.seed))
     splits = instantiate(cfg.data).load()
@@ -74,20 +145,19 @@ def evaluate(cfg: DictConfig) -> None:
         raise MadmarkError(f"eval-watermark needs images, data gives {splits.kind}s",
                            "choose an image source, e.g. data=photos")
     images = splits.reference[:int(cfg.n_images)]
-    method = build_method(cfg.method, key, images.shape[-2], images.shape[-1], int(cfg.bits),
-                          float(cfg.strength))
+    methods = [build_method(name, key, images.shape[-2], images.shape[-1], int(cfg.bits),
+                            float(cfg.strength)) for name in names]
     run.write_config(cfg)                    # holds key_file's path at most, never the key
     run.write_env(environment(int(cfg.seed), torch.device("cpu")))
-    rows = robustness_rows(method, key, images, float(cfg.alpha), int(cfg.seed))
+    rows = [row for name, method in zip(names, methods)
+            for row in robustness_rows(method, key, images, float(cfg.alpha), int(cfg.seed), name)]
     atomic_write_text(run.path / "metrics.csv", rows_to_csv(rows))
+    data_name = str(cfg.data.get("_target_", "data")).rsplit(".", 1)[-1]
+    table = comparison_markdown(rows, f"{data_name} ({images.shape[-2]}x{images.shape[-1]})")
+    atomic_write_text(run.path / "comparison.md", table)
     plot_bit_accuracy(rows, run.path / "plots" / "bit_accuracy.png")
-    width = max(len(f"{r['attack']} {r['strength']}") for r in rows)
-    print(f"{'attack'.ljust(width)}  bit_acc  detect@{cfg.alpha}  median_log10_p")
-    for r in rows:
-        print(f"{(r['attack'] + ' ' + r['strength']).strip().ljust(width)}  "
-              f"{r['bit_accuracy']:.3f}    {r['detection_rate']:.3f}        "
-              f"{r['median_log10_p']:.1f}")
-    print(f"PSNR {rows[0]['psnr_db']:.2f} dB, SSIM {rows[0]['ssim']:.4f}; wrote {run.path}")
+    print(table, end="")
+    print(f"wrote {run.path}")
 
 
 def main(args: list[str]) -> int:

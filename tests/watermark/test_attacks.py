@@ -7,7 +7,7 @@ import torch
 
 from watermark import ATTACK_GRID, ATTACKS, DEFAULT_RANGES, AttackLayer, apply_attack, psnr, ssim
 
-REQUIRED = {("jpeg", 90), ("jpeg", 70), ("jpeg", 50), ("jpeg", 30), ("crop", 0.9), ("crop", 0.7),
+REQUIRED = {("jpeg_pil", 90), ("jpeg_pil", 70), ("jpeg_pil", 50), ("jpeg_pil", 30), ("crop", 0.9), ("crop", 0.7),
             ("crop", 0.5), ("resize", 0.75), ("resize", 0.5), ("resize", 0.25), ("blur", 1.0),
             ("blur", 2.0), ("noise", 0.02), ("noise", 0.05), ("rotation", 5), ("rotation", 15)}
 
