@@ -16,7 +16,7 @@ learned (encoder/decoder), train (training loop with checkpoints), cards (model 
 """
 from .attack_layer import DEFAULT_RANGES, AttackLayer
 from .attacks import ATTACK_GRID, ATTACKS, apply_attack, register
-from .base import ImageTooSmallError, Watermarker, check_images, check_message
+from .base import UnsupportedImageError, Watermarker, check_images, check_message
 from .cards import load, load_card, read_card, save_card
 from .learned import Embedder, Extractor, LearnedWatermarker
 from .baselines import BaselineUnavailableError, DwtDct, DwtDctSvd, RivaGAN
@@ -31,7 +31,8 @@ __all__ = [
     "Embedder", "Extractor", "LearnedWatermarker", "load", "load_card", "read_card", "save_card",
     "train_watermarker",
     "ATTACKS", "ATTACK_GRID", "AttackLayer", "BaselineUnavailableError", "Calibration", "DEFAULT_RANGES",
-    "DetectionResult", "Detector", "DwtDct", "DwtDctSvd", "ImageTooSmallError", "RivaGAN", "SecretKey", "SpreadSpectrum",
+    "DetectionResult", "Detector", "DwtDct", "DwtDctSvd", "RivaGAN", "SecretKey", "SpreadSpectrum",
+    "UnsupportedImageError",
     "Watermarker", "apply_attack", "binomial_p_value", "check_images", "check_message",
     "matched_bits_threshold", "mse", "poisson_binomial_sf", "psnr", "register", "ssim",
 ]

@@ -6,8 +6,8 @@ A watermarker hides a K-bit message in a batch of images and reads it back:
     logits = wm.decode(x_w)    # (N, K) float; positive => bit 1
     bits = wm.decode_bits(x_w) # (N, K) {0, 1} (same dtype as a message: float32)
 
-Images of any size are accepted (C = 1 or 3); subclasses may state a minimum size and raise an
-`ImageTooSmallError` (a `ValueError`) naming it.
+Images of any size are accepted (C = 1 or 3); subclasses may state a minimum size or a channel
+count and raise an `UnsupportedImageError` (a `ValueError`) naming it.
 """
 from __future__ import annotations
 
@@ -61,10 +61,11 @@ def check_message(msg: torch.Tensor, n: int, num_bits: int) -> torch.Tensor:
     return m
 
 
-class ImageTooSmallError(ValueError):
-    """The images are below a method's minimum size: the method cannot read or mark them at all
-    (e.g. invisible-watermark below 256 x 256 pixels). A robustness table records the attack that
-    made them so as not applicable to that method."""
+class UnsupportedImageError(ValueError):
+    """Images a method cannot read or mark at all: below its minimum size, or with a channel count
+    it does not handle (e.g. invisible-watermark needs RGB of at least 256 x 256 pixels). The
+    robustness table records an attack that makes images so as not applicable to the method; the
+    folder commands skip such images with the reason."""
 
 
 class Watermarker(ABC):

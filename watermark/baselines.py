@@ -8,7 +8,8 @@ They share the `Watermarker` interface: tensors (N, C, H, W) in [0, 1] go throug
 image at a time as uint8 BGR arrays (what it expects; the marked image is therefore 8-bit
 quantised), and decoded bits come back as logits +-1 (the package exposes hard bits only). The
 package refuses images smaller than 256 x 256 pixels (it checks H * W >= 65536); so do these
-wrappers, with an ImageTooSmallError (a ValueError), before calling it. All three need RGB (C = 3): the DWT methods mark
+wrappers, with an UnsupportedImageError (a ValueError), before calling it; so do they for
+images that are not RGB. All three need RGB (C = 3): the DWT methods mark
 chroma (U), which gray images lack, and marking Y instead overflows the package's uint8 arithmetic
 (bright and dark pixels wrap around; it happens, rarely, in U too: about 1e-4 of the pixels of
 real photos, left as the package does it).
@@ -21,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .base import ImageTooSmallError, Watermarker, check_images, check_message
+from .base import UnsupportedImageError, Watermarker, check_images, check_message
 
 MIN_PIXELS = 256 * 256
 INSTALL_HINT = ("invisible-watermark is not installed — pip install 'madmark[baselines]' "
@@ -66,12 +67,12 @@ class _InvisibleWatermark(Watermarker):
     def _check(self, x: torch.Tensor) -> None:
         check_images(x)
         h, w = x.shape[-2:]
+        name = f"{type(self).__name__} (invisible-watermark)"
         if x.shape[1] != 3:
-            raise ValueError(f"{type(self).__name__} (invisible-watermark) marks RGB images (C = 3), "
-                             f"got C = {x.shape[1]}")
+            raise UnsupportedImageError(f"{name} marks RGB images (C = 3), got C = {x.shape[1]}")
         if h * w < MIN_PIXELS:
-            raise ImageTooSmallError(f"{type(self).__name__} (invisible-watermark) needs images of at least "
-                             f"256x256 pixels (H*W >= {MIN_PIXELS}), got {h}x{w}")
+            raise UnsupportedImageError(f"{name} needs images of at least 256x256 pixels "
+                                        f"(H*W >= {MIN_PIXELS}), got {h}x{w}")
 
     def _configs(self) -> dict:
         """Keyword arguments for the package's encode/decode: quantisation scale per Y, U, V."""

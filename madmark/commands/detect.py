@@ -4,7 +4,8 @@ Decodes every image under ``dir`` and tests it for the key's message: matched bi
 binomial p-value, flagged at false-positive rate ``alpha``. Writes a CSV (default
 ``./detect_<dir name>.csv``; an existing file is never overwritten). Method settings are read from
 ``dir/watermark.json`` when the folder was written by ``madmark embed``, else from the options.
-Unreadable files are listed with the reason and skipped.
+Unreadable files, and images the method cannot read (DwtDct below 256 x 256, say), are listed with
+the reason and skipped.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from madmark.folder_io import LoadedImage, group_by_shape, list_images, read_ima
 from madmark.hydra_app import report_error
 from madmark.methods import build_method, secret_key
 from madmark.rundir import rows_to_csv
-from watermark import Detector, SecretKey
+from watermark import Detector, SecretKey, UnsupportedImageError
 
 OPTIONS = {"key": "", "key_file": "", "alpha": 0.01, "out": "", "method": "", "bits": 0,
            "strength": 0.0, "batch_size": 64}
@@ -69,9 +70,14 @@ def detect_images(folder: Path, items: list[LoadedImage], key: SecretKey, settin
     for (c, h, w), idx in group_by_shape(items).items():
         method = build_method(settings["method"], key, h, w, settings["bits"], settings["strength"])
         detector = Detector(method, key, alpha=opts["alpha"], batch_size=opts["batch_size"])
-        if prepare is not None:
-            prepare((c, h, w), detector)
-        result = detector(torch.stack([items[i].image for i in idx]))
+        try:
+            if prepare is not None:
+                prepare((c, h, w), detector)
+            result = detector(torch.stack([items[i].image for i in idx]))
+        except UnsupportedImageError as error:             # e.g. DwtDct on a small image
+            for i in idx:
+                rows[i].update(status="skipped", reason=str(error).splitlines()[0])
+            continue
         for j, i in enumerate(idx):
             rows[i].update(status="decoded", reason="", matched_bits=int(result.matched_bits[j]),
                            num_bits=method.num_bits,
@@ -106,7 +112,7 @@ def main(args: list[str]) -> int:
         return report_error(e)
     atomic_write_text(out, rows_to_csv([{c: row.get(c, "") for c in COLUMNS} for row in rows]))
     for row in rows:
-        if row["status"] == "unreadable":
+        if row["status"] in ("unreadable", "skipped"):
             print(f"skipped {row['path']}: {row['reason']}", file=sys.stderr)
     flagged = sum(bool(r.get("flagged")) for r in rows)
     decoded = sum(r["status"] == "decoded" for r in rows)

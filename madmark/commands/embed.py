@@ -3,7 +3,8 @@
 Watermarks every image under ``in_dir`` into a NEW folder ``out_dir`` as lossless PNGs (same
 relative paths, ``.png`` suffix) and writes ``out_dir/manifest.csv`` (one row per input: output
 path, status, PSNR) and ``out_dir/watermark.json`` (method, bits, strength, key fingerprint — never
-the key). Inputs are only read; unreadable files are listed with the reason and skipped.
+the key). Inputs are only read; unreadable files, and images the method cannot mark (DwtDct below
+256 x 256, say), are listed with the reason and skipped.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from madmark.folder_io import group_by_shape, list_images, read_image, write_png
 from madmark.hydra_app import report_error
 from madmark.methods import build_method, secret_key
 from madmark.rundir import rows_to_csv
-from watermark import psnr
+from watermark import UnsupportedImageError, psnr
 
 OPTIONS = {"key": "", "key_file": "", "method": "spread_spectrum", "bits": 32, "strength": 0.01,
            "batch_size": 64}
@@ -48,7 +49,12 @@ def embed_folder(in_dir: Path, out_dir: Path, opts: dict) -> dict:
         for start in range(0, len(idx), opts["batch_size"]):
             chunk = idx[start:start + opts["batch_size"]]
             x = torch.stack([items[i].image for i in chunk])
-            x_w = method.embed(x, message.expand(len(chunk), -1))
+            try:
+                x_w = method.embed(x, message.expand(len(chunk), -1))
+            except UnsupportedImageError as error:         # e.g. DwtDct on a small image
+                for i in chunk:
+                    rows[i].update(status="skipped", reason=str(error).splitlines()[0])
+                continue
             quality = psnr(x_w, x)
             for j, i in enumerate(chunk):
                 rel = Path(rows[i]["input"]).with_suffix(".png")
@@ -59,7 +65,8 @@ def embed_folder(in_dir: Path, out_dir: Path, opts: dict) -> dict:
     info = {"method": opts["method"], "bits": opts["bits"], "strength": opts["strength"],
             "key_fingerprint": key.fingerprint, "n_embedded":
             sum(r["status"] == "embedded" for r in rows.values()),
-            "n_unreadable": sum(r["status"] == "unreadable" for r in rows.values())}
+            "n_unreadable": sum(r["status"] == "unreadable" for r in rows.values()),
+            "n_skipped": sum(r["status"] == "skipped" for r in rows.values())}
     atomic_write_text(out_dir / "watermark.json", json.dumps(info, indent=2) + "\n")
     return {**info, "rows": [rows[i] for i in sorted(rows)]}
 
@@ -74,8 +81,9 @@ def main(args: list[str]) -> int:
     except MadmarkError as e:
         return report_error(e)
     for row in result["rows"]:
-        if row["status"] == "unreadable":
+        if row["status"] in ("unreadable", "skipped"):
             print(f"skipped {row['input']}: {row['reason']}", file=sys.stderr)
     print(f"embedded {result['n_embedded']} images into {opts['out_dir']} "
-          f"({result['n_unreadable']} unreadable, listed in manifest.csv)")
+          f"({result['n_unreadable']} unreadable, {result['n_skipped']} not markable by "
+          f"{opts['method']}; listed in manifest.csv)")
     return 0

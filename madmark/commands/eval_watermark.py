@@ -27,7 +27,8 @@ from madmark.errors import MadmarkError
 from madmark.hydra_app import run_hydra
 from madmark.methods import build_method, secret_key
 from madmark.rundir import RunDir, environment, rows_to_csv
-from watermark import ATTACK_GRID, Detector, ImageTooSmallError, SecretKey, apply_attack, psnr, ssim
+from watermark import (ATTACK_GRID, Detector, SecretKey, UnsupportedImageError, apply_attack, psnr,
+                       ssim)
 
 
 def robustness_rows(method, key: SecretKey, images: torch.Tensor, alpha: float, seed: int,
@@ -48,7 +49,7 @@ def robustness_rows(method, key: SecretKey, images: torch.Tensor, alpha: float, 
                "attacked_size": "x".join(map(str, attacked.shape[-2:]))}
         try:
             result = detector(attacked)
-        except ImageTooSmallError as error:
+        except UnsupportedImageError as error:
             rows.append({**row, "bit_accuracy": math.nan, "median_log10_p": math.nan,
                          "detection_rate": math.nan, "applicable": False,
                          "note": str(error).splitlines()[0], "alpha": alpha, "n_images": len(images)})
@@ -149,8 +150,14 @@ def evaluate(cfg: DictConfig) -> None:
                             float(cfg.strength)) for name in names]
     run.write_config(cfg)                    # holds key_file's path at most, never the key
     run.write_env(environment(int(cfg.seed), torch.device("cpu")))
-    rows = [row for name, method in zip(names, methods)
-            for row in robustness_rows(method, key, images, float(cfg.alpha), int(cfg.seed), name)]
+    rows = []
+    for name, method in zip(names, methods):
+        try:
+            rows += robustness_rows(method, key, images, float(cfg.alpha), int(cfg.seed), name)
+        except UnsupportedImageError as error:            # the clean images already
+            raise MadmarkError(f"method={name} cannot mark these images: {error}",
+                               "choose RGB data of at least 256x256 (data=photos256) or another "
+                               "method") from error
     atomic_write_text(run.path / "metrics.csv", rows_to_csv(rows))
     data_name = str(cfg.data.get("_target_", "data")).rsplit(".", 1)[-1]
     table = comparison_markdown(rows, f"{data_name} ({images.shape[-2]}x{images.shape[-1]})")

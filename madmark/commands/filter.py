@@ -4,15 +4,17 @@ Cleans a training set before retraining: tests every image under ``data_dir`` (r
 key's watermark, like ``madmark detect``, and splits the set into images to keep and images to drop.
 Writes a NEW folder ``out`` (default ``./filter_<data_dir name>``; an existing one is refused):
 
-    manifest.csv   one row per file: path, status (decoded|unreadable), reason, matched_bits,
-                   num_bits, bit_accuracy, p_value, flagged, decision (keep|flag|unreadable)
+    manifest.csv   one row per file: path, status (decoded|unreadable|skipped), reason,
+                   matched_bits, num_bits, bit_accuracy, p_value, flagged,
+                   decision (keep|flag|unreadable|untested)
     kept.txt       paths (relative to data_dir) of the images to train on, one per line
     flagged.txt    paths of the images that carry the watermark at false-positive rate alpha
     summary.json   counts, alpha, method, bits, analytic or calibrated p-values, calibration's
                    measured false-positive rates; the key's fingerprint, never the key
 
-Unreadable files go in neither list (a training loader could not read them); they are listed in
-the manifest with the reason and on stderr. The user's files are only read, never moved or changed.
+Unreadable files go in neither list (a training loader could not read them); nor do images the
+method cannot read (DwtDct below 256 x 256, say: "untested", since nothing certifies them clean).
+Both are listed in the manifest with the reason and on stderr. The user's files are only read, never moved or changed.
 
 ``calibrate=<clean_dir>``: a folder of known-clean images (never watermarked with this key). Each
 shape group (C, H, W) of the data is calibrated (``Detector.calibrate``) on the clean images of the
@@ -126,16 +128,19 @@ def filter_folder(data_dir: Path, out: Path, opts: dict) -> dict:
     rows = detect_images(data_dir, items, key, settings, opts, prepare)
     for row in rows:
         row["decision"] = ("unreadable" if row["status"] == "unreadable"
+                           else "untested" if row["status"] == "skipped"
                            else "flag" if row["flagged"] else "keep")
     sizes = {shape_name(shape): len(idx) for shape, idx in group_by_shape(items).items()}
     for group in groups:
         group["n_images"] = sizes[group["shape"]]
-    count = {d: sum(r["decision"] == d for r in rows) for d in ("keep", "flag", "unreadable")}
+    count = {d: sum(r["decision"] == d for r in rows)
+             for d in ("keep", "flag", "unreadable", "untested")}
     bits = sorted({g["num_bits"] for g in groups})
     summary = {
         "data_dir": str(data_dir.resolve()), "paths_relative_to": "data_dir",
         "n_files": len(rows), "n_decoded": count["keep"] + count["flag"],
         "n_kept": count["keep"], "n_flagged": count["flag"], "n_unreadable": count["unreadable"],
+        "n_untested": count["untested"],
         "alpha": opts["alpha"], "method": settings["method"],
         "bits": bits[0] if len(bits) == 1 else bits, "strength": settings["strength"],
         "key_fingerprint": key.fingerprint,
@@ -180,7 +185,7 @@ def main(args: list[str]) -> int:
     except MadmarkError as e:
         return report_error(e)
     for row in result["rows"]:
-        if row["status"] == "unreadable":
+        if row["status"] in ("unreadable", "skipped"):
             print(f"skipped {row['path']}: {row['reason']}", file=sys.stderr)
     s = result["summary"]
     for cal in (s["calibration"] or {}).get("groups", []):
@@ -188,7 +193,9 @@ def main(args: list[str]) -> int:
             print(f"note: {cal['n_clean']} clean images of shape {cal['shape']} cannot certify "
                   f"alpha={s['alpha']} (needs >= {math.ceil(1 / s['alpha'] - 1)}); clean "
                   "counts seen in calibration are never flagged", file=sys.stderr)
-    unreadable = f"; {s['n_unreadable']} unreadable, see manifest.csv" if s["n_unreadable"] else ""
+    listed = [f"{s['n_unreadable']} unreadable"] * bool(s["n_unreadable"]) + \
+        [f"{s['n_untested']} untested (the method cannot read them)"] * bool(s["n_untested"])
+    unreadable = f"; {', '.join(listed)}, see manifest.csv" if listed else ""
     print(f"kept {s['n_kept']}, flagged {s['n_flagged']} of {s['n_decoded']} images "
           f"(alpha={s['alpha']}, {s['p_values']} p-values{unreadable}); wrote {out}")
     return 0

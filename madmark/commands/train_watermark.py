@@ -1,7 +1,7 @@
 """``madmark train-watermark [overrides]``: train a learned watermarker and write its model card.
 
     madmark train-watermark                                   # 32-bit digits card on mnist5k
-    madmark train-watermark data=photos data.size=64 bits=48 work_size=64 alpha=0.02 card_name=rgb48
+    madmark train-watermark recipe=rgb48 device=cuda          # the shipped RGB card (configs/recipe/)
     madmark train-watermark resume=<run_dir>                  # continue from the last checkpoint
     torchrun --standalone --nproc_per_node=4 -m madmark train-watermark device=cuda ...
 

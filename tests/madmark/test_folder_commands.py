@@ -80,3 +80,35 @@ def test_a_shipped_card_is_a_method_by_name():
     from watermark import LearnedWatermarker, SecretKey
     method = build_method("digits32", SecretKey("k"), 28, 28)
     assert isinstance(method, LearnedWatermarker) and method.num_bits == 32
+
+
+def test_images_a_method_cannot_read_are_skipped_with_the_reason(photo_folder, tmp_path, capsys):
+    """DwtDct (invisible-watermark) needs RGB of at least 256 x 256: the 128 x 128 grey camera
+    image is skipped by embed, detect and filter (listed, reason given), the rest is processed."""
+    pytest.importorskip("imwatermark")
+    key_file = tmp_path / "key.txt"
+    key_file.write_text("correct horse battery staple\n")
+    out = tmp_path / "marked"
+    assert main(["embed", str(photo_folder), str(out), f"key_file={key_file}", "method=dwtdct"]) == 0
+    err = capsys.readouterr().err
+    manifest = {r["input"]: r for r in csv.DictReader(open(out / "manifest.csv"))}
+    camera = manifest["sub/camera.png"]
+    assert camera["status"] == "skipped" and "invisible-watermark" in camera["reason"]
+    assert "sub/camera.png" in err and not (out / "sub" / "camera.png").exists()
+    assert sum(r["status"] == "embedded" for r in manifest.values()) == 3
+    assert json.loads((out / "watermark.json").read_text())["n_skipped"] == 1
+
+    # the skipped image, copied in beside the marked ones, is skipped again by detect and filter
+    (out / "sub").mkdir(exist_ok=True)
+    (out / "sub" / "camera.png").write_bytes((photo_folder / "sub" / "camera.png").read_bytes())
+    detected_csv = tmp_path / "detected.csv"
+    assert main(["detect", str(out), f"key_file={key_file}", f"out={detected_csv}"]) == 0
+    rows = {r["path"]: r for r in csv.DictReader(open(detected_csv))}
+    assert rows["sub/camera.png"]["status"] == "skipped"
+    assert [r["flagged"] for r in rows.values() if r["status"] == "decoded"] == ["True"] * 3
+    filtered = tmp_path / "filtered"
+    assert main(["filter", str(out), f"key_file={key_file}", f"out={filtered}"]) == 0
+    decisions = {r["path"]: r["decision"] for r in csv.DictReader(open(filtered / "manifest.csv"))}
+    assert decisions["sub/camera.png"] == "untested"
+    assert (filtered / "kept.txt").read_text() == "" and len((filtered / "flagged.txt").read_text().split()) == 3
+    assert json.loads((filtered / "summary.json").read_text())["n_untested"] == 1

@@ -1,6 +1,9 @@
 """The model cards shipped in watermark/cards/ load and reproduce the metrics they record."""
+from pathlib import Path
+
 import pytest
 
+import configs
 from watermark import load
 from watermark.cards import CARDS_DIR
 from watermark.train import evaluate
@@ -37,3 +40,19 @@ def test_rgb_card_meets_its_targets():
     assert card["architecture"]["alpha"] == card["training"]["card_alpha"]
     metrics = card["metrics"]
     assert metrics["psnr"] >= 38 and metrics["bit_acc"] >= 0.99 and metrics["bit_acc_jpeg50"] >= 0.95
+
+
+@pytest.mark.parametrize("recipe", sorted(p.stem for p in (Path(configs.__file__).parent / "recipe").glob("*.yaml")))
+def test_recipe_composes_to_the_training_config_its_card_records(recipe):
+    """`madmark train-watermark recipe=<card>` trains with exactly the settings the card records
+    (device and where the run is written aside)."""
+    from hydra import compose, initialize_config_module
+    from omegaconf import OmegaConf
+
+    with initialize_config_module("configs", version_base=None):
+        cfg = compose("train_watermark", overrides=[f"recipe={recipe}"])
+    composed = OmegaConf.to_container(cfg, resolve=True)
+    recorded = dict(load(recipe).card["training"])
+    where = ("device", "out_dir", "name", "hydra", "debug", "resume")
+    assert {k: v for k, v in composed.items() if k not in where} == \
+           {k: v for k, v in recorded.items() if k not in where}
