@@ -1,9 +1,11 @@
 """Generative models of the loop: fit from scratch on a pool, sample with bias λ ∈ (0, 1]."""
 from .base import GenerativeModel, ProgressFn
 from .ddpm import DDPMModel
+from .flow import FlowModel
 from .gaussian import GaussianModel
 from .gmm import GMMModel
 from .pca_gmm import PCAGMMModel
+from .wgan import WGANGPModel
 
-__all__ = ["GenerativeModel", "ProgressFn", "DDPMModel", "GaussianModel", "GMMModel",
-           "PCAGMMModel"]
+__all__ = ["GenerativeModel", "ProgressFn", "DDPMModel", "FlowModel", "GaussianModel", "GMMModel",
+           "PCAGMMModel", "WGANGPModel"]
