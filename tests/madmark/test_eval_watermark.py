@@ -64,3 +64,17 @@ def test_a_method_that_cannot_mark_the_data_is_a_one_line_error(cli, tmp_path):
     code, out, err = cli("eval-watermark", "method=dwtdct", "data=mnist5k", "n_images=2",
                          f"out_dir={tmp_path / 'outputs'}")
     assert code == 2 and "method=dwtdct cannot mark these images" in err and "photos256" in err
+
+
+def test_the_shipped_rgb_card_through_the_harness(cli, tmp_path):
+    """rgb48 reads every attack of the grid (it resizes any input), beats chance on clean images
+    and records its own 48 bits."""
+    key_file = tmp_path / "key.txt"
+    key_file.write_text("learned card")
+    code, out, err = cli("eval-watermark", "method=rgb48", "n_images=4", "data.n_reference=4",
+                         f"key_file={key_file}", f"out_dir={tmp_path / 'outputs'}")
+    assert code == 0, err
+    (metrics,) = (tmp_path / "outputs").rglob("metrics.csv")
+    rows = read_csv(metrics)
+    assert all(r["applicable"] == "True" and r["bits"] == "48" for r in rows)
+    assert float(rows[0]["bit_accuracy"]) > 0.95 and float(rows[0]["psnr_db"]) > 38
