@@ -54,9 +54,10 @@ def main() -> None:
                             "hubble_deep_field"]).load().reference
     device = torch.device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine())
+    dwt_images = images[:args.dwtdct_n or len(images)]
     print(f"device: {device} ({name}), torch threads {torch.get_num_threads()}, N = {len(images)}, "
-          f"batch {args.batch}, DwtDct on the CPU with N = {min(args.dwtdct_n or len(images), len(images))}")
-    dwt = throughput(DwtDct(num_bits=32), images[:args.dwtdct_n or len(images)], args.batch)
+          f"batch {args.batch}, DwtDct on the CPU with N = {len(dwt_images)}")
+    dwt = throughput(DwtDct(num_bits=32), dwt_images, args.batch)
     ss = throughput(SpreadSpectrum(SecretKey("bench"), num_bits=32), images.to(device), args.batch)
     if (CARDS_DIR / "rgb48.yaml").is_file():            # the shipped RGB card
         learned, what = load("rgb48").to(device), "rgb48 card"

@@ -5,6 +5,8 @@ because ``loops`` does not import the application layer above it.
 """
 from __future__ import annotations
 
+import math
+
 
 class LoopError(ValueError):
     """A loop, model or pool problem the user can fix; printed by the CLI as one line, exit code 2."""
@@ -15,6 +17,17 @@ class LoopError(ValueError):
         super().__init__(f"{problem} — {fix}")
         self.problem = problem
         self.fix = fix
+
+
+def check_int(model: str, key: str, value, low: int = 1) -> int:
+    """A model hyperparameter ``value`` as an int >= ``low`` (a bool, a non-integral or non-finite
+    number, or a non-number is refused), else a LoopError naming ``model.<key>``."""
+    ok = (isinstance(value, (int, float)) and not isinstance(value, bool)
+          and math.isfinite(value) and value == int(value))
+    if not ok or int(value) < low:
+        raise LoopError(f"{model} {key}={value!r} must be an integer >= {low}",
+                        f"set model.{key} to an integer >= {low}")
+    return int(value)
 
 
 def check_bias(bias: float) -> float:

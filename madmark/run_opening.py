@@ -51,10 +51,7 @@ def open_run(cfg: DictConfig) -> tuple[RunDir, DictConfig, bool]:
         if not run.exists():
             raise MadmarkError(f"resume={cfg.resume} is not a madmark run directory "
                                "(no config.yaml)", "pass the folder of a run started by madmark run")
-        recorded = run.read_config()
-        with open_dict(recorded):
-            recorded.progress, recorded.debug = cfg.progress, cfg.debug
-        return run, recorded, True
+        return run, relaunched(run.read_config(), cfg), True
     run = RunDir(HydraConfig.get().runtime.output_dir)
     if run.exists() and not cfg.auto_resume:
         raise MadmarkError(f"run directory {run.path} already holds a run",
@@ -68,10 +65,16 @@ def open_run(cfg: DictConfig) -> tuple[RunDir, DictConfig, bool]:
                                f"config ({', '.join(changed[:6])}{', ...' * (len(changed) > 6)} "
                                "differ)",
                                "rerun the identical command, or set hydra.run.dir=<new folder>")
-        with open_dict(recorded):
-            recorded.progress, recorded.debug = cfg.progress, cfg.debug
-        return run, recorded, True
+        return run, relaunched(recorded, cfg), True
     return run, cfg, False
+
+
+def relaunched(recorded: DictConfig, cfg: DictConfig) -> DictConfig:
+    """The recorded config of a run being continued, with this launch's ``progress`` and
+    ``debug`` (they change no number)."""
+    with open_dict(recorded):
+        recorded.progress, recorded.debug = cfg.progress, cfg.debug
+    return recorded
 
 
 #: Hydra overrides of ranks > 0 under torchrun: no output folder, .hydra/ or log file of their own

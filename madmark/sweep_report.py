@@ -120,19 +120,14 @@ def metric_table(runs: list[SweepRun], metric: str) -> str:
 def control_pairs(runs: list[SweepRun]) -> list[tuple[SweepRun, SweepRun]]:
     """(run, its control run) for every run whose overrides equal a ``arm=control`` run's except
     for ``arm``, in run order."""
-    groups: dict[tuple, dict[str, SweepRun]] = {}
-    for run in runs:
+    def arm_and_rest(run: SweepRun) -> tuple[str | None, tuple]:
         settings = dict(o.partition("=")[::2] for o in run.overrides)
-        arm = settings.pop("arm", None)
-        if arm is not None:
-            groups.setdefault(tuple(sorted(settings.items())), {})[arm] = run
-    pairs = []
-    for run in runs:
-        for arms in groups.values():
-            control = arms.get("control")
-            if control is not None and run is not control and run in arms.values():
-                pairs.append((run, control))
-    return pairs
+        return settings.pop("arm", None), tuple(sorted(settings.items()))
+
+    split = [(run, *arm_and_rest(run)) for run in runs]
+    controls = {rest: run for run, arm, rest in split if arm == "control"}
+    return [(run, controls[rest]) for run, arm, rest in split
+            if arm not in (None, "control") and rest in controls]
 
 
 def delta_table(pairs: list[tuple[SweepRun, SweepRun]], metric: str) -> str:

@@ -4,7 +4,8 @@
                                    checkpoint_dir="runs/wm", resume=True)
 
 x_train, x_val: (N, C, H, W) float in [0, 1] on CPU (H = W = work_size is cheapest: the networks run at
-R anyway); on a CUDA device the training set is uploaded once (N C H W 4 bytes of GPU memory). Losses per step, for a batch x, random messages m (N, K) and x_w = embed(x, m):
+R anyway); on a CUDA device the training set is uploaded once (N C H W 4 bytes of GPU memory).
+Losses per step, for a batch x, random messages m (N, K) and x_w = embed(x, m):
     bit loss      BCE-with-logits(decode(attack(x_w)), m)
     quality loss  mse(x_w, x) / alpha^2  (scale-free: 1 means a saturated +-alpha residual everywhere)
     total         bit + quality_weight(step) * quality
@@ -282,7 +283,8 @@ def train_watermarker(images_train: torch.Tensor, images_val: torch.Tensor, *, n
         g = _gen(seed, step, 0)
         idx = torch.randint(0, n, (batch_size,), generator=g)
         m = torch.randint(0, 2, (batch_size, num_bits), generator=g).float()
-        running = watermark_train_step(module, opt, images_train[idx.to(images_train.device)], m, alpha=a_eff, quality_weight=qw,
+        x = images_train[idx.to(images_train.device)]
+        running = watermark_train_step(module, opt, x, m, alpha=a_eff, quality_weight=qw,
                                        attack_seed=_seed(seed, step, 1) if attacks_on else None)
         done = step + 1
         if bar is not None:

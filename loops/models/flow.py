@@ -31,7 +31,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from ..errors import LoopError, check_bias
+from ..errors import LoopError, check_bias, check_int
 from .base import GenerativeModel, ProgressFn
 
 _LOG_2PI = math.log(2 * math.pi)
@@ -42,16 +42,6 @@ _ARCH = ("dim", "n_layers", "hidden", "depth")
 def standard_normal_log_prob(z: torch.Tensor) -> torch.Tensor:
     """log N(z; 0, I) in nats, (N,) for z (N, D)."""
     return -0.5 * (z * z).sum(-1) - 0.5 * z.shape[-1] * _LOG_2PI
-
-
-def _int_setting(key: str, value, low: int) -> int:
-    """``value`` as an int >= low, else a LoopError naming ``model.<key>``."""
-    ok = (isinstance(value, (int, float)) and not isinstance(value, bool)
-          and math.isfinite(value) and value == int(value))
-    if not ok or int(value) < low:
-        raise LoopError(f"flow {key}={value!r} must be an integer >= {low}",
-                        f"set model.{key} to an integer >= {low}")
-    return int(value)
 
 
 def _float_setting(key: str, value, zero_ok: bool = False) -> float:
@@ -182,12 +172,12 @@ class FlowModel(GenerativeModel):
                  scale_max: float = 3.0, steps: int = 1000, batch_size: int = 512,
                  lr: float = 1e-2, weight_decay: float = 0.0, grad_clip: float = 10.0,
                  schedule: str = "cosine", sample_batch_size: int = 65_536) -> None:
-        n_layers, hidden, depth = (_int_setting("n_layers", n_layers, 2),
-                                   _int_setting("hidden", hidden, 1),
-                                   _int_setting("depth", depth, 1))
-        steps = _int_setting("steps", steps, 1)
-        batch_size = _int_setting("batch_size", batch_size, 2)
-        sample_batch_size = _int_setting("sample_batch_size", sample_batch_size, 1)
+        n_layers, hidden, depth = (check_int("flow", "n_layers", n_layers, 2),
+                                   check_int("flow", "hidden", hidden),
+                                   check_int("flow", "depth", depth))
+        steps = check_int("flow", "steps", steps)
+        batch_size = check_int("flow", "batch_size", batch_size, 2)
+        sample_batch_size = check_int("flow", "sample_batch_size", sample_batch_size)
         scale_max, lr = _float_setting("scale_max", scale_max), _float_setting("lr", lr)
         weight_decay = _float_setting("weight_decay", weight_decay, zero_ok=True)
         grad_clip = _float_setting("grad_clip", grad_clip, zero_ok=True)

@@ -36,7 +36,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from ..errors import LoopError, check_bias
+from ..errors import LoopError, check_bias, check_int
 from .base import GenerativeModel, ProgressFn
 
 #: generator steps between two checks that the losses are finite (each check syncs a GPU)
@@ -131,15 +131,6 @@ def generator_step(gen: nn.Module, critic: nn.Module, opt: torch.optim.Optimizer
     return loss.detach()
 
 
-def _positive_int(key: str, value) -> int:
-    """``value`` as an int >= 1, or a LoopError naming ``model.<key>``."""
-    number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if not (number and math.isfinite(value) and value == int(value) and value >= 1):
-        raise LoopError(f"WGAN-GP {key}={value!r} is not a positive integer",
-                        f"set model.{key} to an integer >= 1")
-    return int(value)
-
-
 def _unit(key: str, value) -> float:
     """``value`` as a float in [0, 1), or a LoopError naming ``model.<key>``."""
     if not 0.0 <= float(value) < 1.0:
@@ -173,12 +164,12 @@ class WGANGPModel(GenerativeModel):
                  n_critic: int = 5, batch_size: int = 64, lr: float = 1e-4, beta1: float = 0.0,
                  beta2: float = 0.9, gp_weight: float = 10.0, ema_decay: float = 0.999,
                  sample_batch_size: int = 1000) -> None:
-        self.latent_dim = _positive_int("latent_dim", latent_dim)
-        self.width = _positive_int("width", width)
-        self.steps = _positive_int("steps", steps)
-        self.n_critic = _positive_int("n_critic", n_critic)
-        self.batch_size = _positive_int("batch_size", batch_size)
-        self.sample_batch_size = _positive_int("sample_batch_size", sample_batch_size)
+        self.latent_dim = check_int("WGAN-GP", "latent_dim", latent_dim)
+        self.width = check_int("WGAN-GP", "width", width)
+        self.steps = check_int("WGAN-GP", "steps", steps)
+        self.n_critic = check_int("WGAN-GP", "n_critic", n_critic)
+        self.batch_size = check_int("WGAN-GP", "batch_size", batch_size)
+        self.sample_batch_size = check_int("WGAN-GP", "sample_batch_size", sample_batch_size)
         self.lr, self.gp_weight = float(lr), float(gp_weight)
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise LoopError(f"WGAN-GP lr={lr} is not a positive number",

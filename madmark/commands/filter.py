@@ -14,7 +14,8 @@ Writes a NEW folder ``out`` (default ``./filter_<data_dir name>``; an existing o
 
 Unreadable files go in neither list (a training loader could not read them); nor do images the
 method cannot read (DwtDct below 256 x 256, say: "untested", since nothing certifies them clean).
-Both are listed in the manifest with the reason and on stderr. The user's files are only read, never moved or changed.
+Both are listed in the manifest with the reason and on stderr. The user's files are only read,
+never moved or changed.
 
 ``calibrate=<clean_dir>``: a folder of known-clean images (never watermarked with this key). Each
 shape group (C, H, W) of the data is calibrated (``Detector.calibrate``) on the clean images of the

@@ -4,8 +4,9 @@ clean_run= clean_generation=1 key_file= seed=0 device=cpu out=]``
 Tests whether the generative model of a run's generation was trained on data marked with the run's
 watermark key: the matched bits of M of its samples against the key's message, by the exact
 message sign-flip test (eval/radioactivity.py). M samples of a model trained on clean data (default:
-generation 1 of the same run) are reported beside it for comparison. Writes a JSON record (default ``<run_dir>/radioactivity/g<t>_n<M>.json``;
-an existing file is never overwritten) and prints one line. No key material is written.
+generation 1 of the same run) are reported beside it for comparison. Writes a JSON record
+(default ``<run_dir>/radioactivity/g<t>_n<M>.json``; an existing file is never overwritten) and
+prints one line. No key material is written.
 """
 from __future__ import annotations
 
