@@ -5,7 +5,8 @@
 
 Runs ``madmark run`` on its built-in default (in full) and on every ``configs/experiment`` preset
 (shrunk: 2 generations, small pools, tiny neural configs, CPU), each in a fresh temporary folder
-with one torch thread, and hashes (sha256) the run's ``results.csv`` and sample grids. ``--check``
+with one torch thread, and hashes (sha256) the run's ``results.csv`` (less its wall-clock
+columns, TIMING_COLUMNS) and sample grids. ``--check``
 exits 1 naming every case whose files differ. Numbers depend on the machine and torch build, so
 record and check on the same machine; the point is "this change moved no number", not a golden
 value across machines. A full pass takes about 6 minutes on 2 shared CPU cores.
@@ -13,7 +14,9 @@ value across machines. A full pass takes about 6 minutes on 2 shared CPU cores.
 from __future__ import annotations
 
 import argparse
+import csv
 import hashlib
+import io
 import json
 import os
 import subprocess
@@ -55,6 +58,23 @@ CASES: dict[str, list[str]] = {
 }
 
 
+#: results.csv columns that measure wall-clock speed: they differ from run to run by nature
+TIMING_COLUMNS = ("fit_images_per_s",)
+
+
+def results_bytes(path: Path) -> bytes:
+    """results.csv as written, less TIMING_COLUMNS (a CSV rewritten only when it has them)."""
+    text = path.read_text()
+    rows = list(csv.reader(io.StringIO(text)))
+    drop = [i for i, name in enumerate(rows[0]) if name in TIMING_COLUMNS] if rows else []
+    if not drop:
+        return text.encode()
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\n").writerows(
+        [[v for i, v in enumerate(r) if i not in drop] for r in rows])
+    return out.getvalue().encode()
+
+
 def run_case(overrides: list[str], workdir: Path) -> dict[str, str]:
     """sha256 of results.csv and of each samples/g<t>.png of one ``madmark run``."""
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=str(ROOT))
@@ -65,8 +85,9 @@ def run_case(overrides: list[str], workdir: Path) -> dict[str, str]:
         raise SystemExit(f"{' '.join(overrides) or 'default'} failed:\n{done.stderr[-3000:]}")
     (results,) = workdir.glob("**/results.csv")
     files = [results, *sorted(results.parent.glob("samples/*.png"))]
-    return {str(p.relative_to(results.parent)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in files}
+    data = {p: results_bytes(p) if p == results else p.read_bytes() for p in files}
+    return {str(p.relative_to(results.parent)): hashlib.sha256(b).hexdigest()
+            for p, b in data.items()}
 
 
 def fingerprints(names: list[str]) -> dict[str, dict[str, str]]:

@@ -3,8 +3,8 @@ feature extractors. Imports nothing from ``loops`` or ``madmark``.
 
 ``eval.prdc(real, fake, k=5)`` is the function (the module stays importable as ``eval.prdc``).
 """
-from .gaussian import gaussian_stats, logdet, sqrtm_psd, trace, w2_gaussian  # noqa: F401
-from .fid import FeatureStats, FrechetDistance, fid, frechet_distance, kid  # noqa: F401
+from .gaussian import frechet_distance, gaussian_stats, logdet, sqrtm_psd, trace, w2_gaussian  # noqa: F401
+from .fid import FeatureStats, FrechetDistance, fid, kid  # noqa: F401
 from .prdc import RealManifold, prdc  # noqa: F401  (binds eval.prdc to the function)
 
 __all__ = ["prdc", "RealManifold", "FeatureStats", "FrechetDistance", "fid", "frechet_distance",

@@ -66,13 +66,14 @@ callable and the meter a duck-typed detector.
 from __future__ import annotations
 
 import math
-from functools import lru_cache
 from typing import Any, Callable, Iterable, Optional
 
 import torch
 
+from madcore.dct import dct2
+
 __all__ = ["WatermarkProbe", "ArtifactMeter", "inheritance", "add_growth", "growth_baseline",
-           "dct2", "COLUMNS", "GROWTH_COLUMNS"]
+           "COLUMNS", "GROWTH_COLUMNS"]
 
 #: the columns :class:`ArtifactMeter` returns, in order
 COLUMNS = ("inherit_bit_acc", "inherit_detect_rate", "inherit_log10p_median", "artifact_energy",
@@ -88,23 +89,6 @@ _MAX_ELEMENTS = 2 ** 24  # pixel values per batch (a float64 batch stays under 1
 def _step(batch_size: int, shape: tuple) -> int:
     """Images per batch: batch_size, fewer for large images (at most _MAX_ELEMENTS values)."""
     return max(1, min(int(batch_size), _MAX_ELEMENTS // math.prod(shape)))
-
-
-@lru_cache(maxsize=16)
-def _dct_matrix(n: int, device: str, dtype: torch.dtype) -> torch.Tensor:
-    """Orthonormal DCT-II matrix (n, n): D[k, j] = sqrt(2/n) cos(pi (2j + 1) k / 2n), row 0 / √2."""
-    j = torch.arange(n, dtype=torch.float64)
-    d = torch.cos(math.pi * (2 * j[None, :] + 1) * j[:, None] / (2 * n)) * math.sqrt(2.0 / n)
-    d[0] /= math.sqrt(2.0)
-    return d.to(device=device, dtype=dtype)
-
-
-def dct2(x: torch.Tensor) -> torch.Tensor:
-    """Orthonormal 2-D DCT-II over the last two dims (..., H, W) -> (..., H, W) (scipy's
-    ``dctn(x, type=2, norm="ortho", axes=(-2, -1))``)."""
-    dh = _dct_matrix(x.shape[-2], str(x.device), x.dtype)
-    dw = _dct_matrix(x.shape[-1], str(x.device), x.dtype)
-    return dh @ x @ dw.T
 
 
 def _images(x: torch.Tensor, name: str, shape: Optional[tuple] = None) -> torch.Tensor:

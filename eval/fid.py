@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torchmetrics import Metric
 
-from eval.gaussian import sqrtm_psd
+from eval.gaussian import frechet_distance
 
 __all__ = ["FeatureStats", "frechet_distance", "fid", "kid", "FrechetDistance"]
 
@@ -109,36 +109,6 @@ class FeatureStats:
         mu = self.mean
         c = (self.sum_outer - self.n * torch.outer(mu, mu)) / (self.n - 1)
         return 0.5 * (c + c.T)
-
-
-def frechet_distance(mu1, cov1, mu2, cov2, clamp: bool = True) -> float:
-    """Fréchet distance (squared W₂ of Gaussians, units²) between N(μ1, Σ1) and N(μ2, Σ2).
-
-    μ: (d,), Σ: (d, d) symmetric PSD; computed in float64 on the inputs' device. The cross term
-    is Σ √λ over the eigenvalues λ (clamped at 0) of the symmetric PSD M = Σ1^½ Σ2 Σ1^½. With
-    ``clamp`` the value is floored at 0 (round-off only); a raw value below −1e-6·max(1, tr Σ1 +
-    tr Σ2) raises RuntimeError. ``clamp=False`` returns the raw value.
-    """
-    mu1 = torch.as_tensor(mu1, dtype=torch.float64).reshape(-1)
-    dev = mu1.device
-    mu2 = torch.as_tensor(mu2, dtype=torch.float64, device=dev).reshape(-1)
-    c1 = torch.as_tensor(cov1, dtype=torch.float64, device=dev)
-    c2 = torch.as_tensor(cov2, dtype=torch.float64, device=dev)
-    d = mu1.numel()
-    if mu2.numel() != d or c1.shape != (d, d) or c2.shape != (d, d):
-        raise ValueError(f"shapes do not match: mu1 {tuple(mu1.shape)}, cov1 {tuple(c1.shape)}, "
-                         f"mu2 {tuple(mu2.shape)}, cov2 {tuple(c2.shape)}")
-    s1 = sqrtm_psd(c1)
-    m = s1 @ (0.5 * (c2 + c2.T)) @ s1
-    cross = torch.linalg.eigvalsh(0.5 * (m + m.T)).clamp_min(0.0).sqrt().sum()
-    traces = torch.trace(c1) + torch.trace(c2)
-    val = float((mu1 - mu2).square().sum() + traces - 2.0 * cross)
-    if not clamp:
-        return val
-    if val < -1e-6 * max(1.0, float(traces)):
-        raise RuntimeError(f"Fréchet distance {val:.3g} is negative beyond round-off: "
-                           "covariances are not PSD?")
-    return max(val, 0.0)
 
 
 def fid(real_features, fake_features) -> float:

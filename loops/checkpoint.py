@@ -1,55 +1,18 @@
-"""Atomic files and per-generation checkpoints, so a killed run resumes at its next generation.
+"""Per-generation checkpoints, so a killed run resumes at its next generation.
 
-Every write goes to a temporary file in the same folder, is flushed to disk, then renamed over the
-target (``os.replace`` is atomic on POSIX): a reader sees the old file or the new one, never half.
-Checkpoints are plain tensors and primitives, loaded with ``torch.load(weights_only=True)``.
+Each is written atomically (:mod:`madcore.files`): a reader sees the old file or the new one,
+never half. Checkpoints are plain tensors and primitives, loaded with
+``torch.load(weights_only=True)``.
 """
 from __future__ import annotations
 
-import io
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-_FILE_MODE = 0o666 & ~_umask()   # what open() would give; mkstemp's default 0600 is too private
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (temp file + fsync + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, _FILE_MODE)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def atomic_torch_save(path: str | Path, obj: Any) -> None:
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
+from madcore.files import atomic_torch_save
 
 
 class Checkpoints:

@@ -12,7 +12,7 @@ One generation t (DESIGN.md):
 The engine knows nothing of data files, configs or run directories: it gets real data as tensors
 and callables, and writes only to its :class:`~loops.checkpoint.Checkpoints`.
 
-Under ``torchrun`` (:mod:`loops.distributed`) every rank runs the same loop: the random streams
+Under ``torchrun`` (:mod:`madcore.dist`) every rank runs the same loop: the random streams
 derive from (seed, generation, purpose), so all ranks compose the same pools and draw the same
 S_t; a distributed-aware model (the DDPM) splits its training and sampling across ranks, any other
 model simply runs identically on every rank. Only rank 0 writes checkpoints, and no rank starts a
@@ -25,13 +25,13 @@ from typing import Any, Callable, Optional, Protocol
 
 import torch
 
-from loops import distributed as dist
+from madcore import dist
 from loops.checkpoint import Checkpoints
 from loops.errors import LoopError, check_bias
 from loops.families import LoopFamily
 from loops.models.base import GenerativeModel, ProgressFn
 from loops.pool import Pool
-from loops.seeding import generator
+from madcore.rng import generator
 from loops.stages import FilterStage, WatermarkStage
 
 Row = dict[str, Any]
@@ -39,7 +39,7 @@ Row = dict[str, Any]
 Evaluator = Callable[[int, torch.Tensor, GenerativeModel], dict[str, Any]]
 #: ``hook(t, samples, rows)`` runs after generation t is checkpointed; ``rows`` holds the rows of
 #: generations 1..t (sample grids, results.csv). Hooks run on every rank: writers check
-#: ``loops.distributed.is_main()``.
+#: ``madcore.dist.is_main()``.
 Hook = Callable[[int, torch.Tensor, list[Row]], None]
 
 

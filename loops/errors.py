@@ -1,22 +1,15 @@
-"""Errors the loop engine raises for bad configuration or diverged models.
-
-Same shape as :class:`madmark.errors.MadmarkError` (a problem and its fix, one line), defined here
-because ``loops`` does not import the application layer above it.
-"""
+"""Errors the loop engine raises for bad configuration or diverged models, and the setting
+checks that raise them."""
 from __future__ import annotations
 
 import math
 
+from madcore.errors import MadmarkError
 
-class LoopError(ValueError):
-    """A loop, model or pool problem the user can fix; printed by the CLI as one line, exit code 2."""
 
-    exit_code = 2
-
-    def __init__(self, problem: str, fix: str):
-        super().__init__(f"{problem} — {fix}")
-        self.problem = problem
-        self.fix = fix
+class LoopError(MadmarkError, ValueError):
+    """A loop, model or pool problem the user can fix; printed by the CLI as one line, exit code 2.
+    A :class:`~madcore.errors.MadmarkError` that is also a ``ValueError``."""
 
 
 def check_int(model: str, key: str, value, low: int = 1) -> int:

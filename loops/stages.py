@@ -16,6 +16,7 @@ from typing import Callable
 
 import torch
 
+from madcore.quality import pooled_psnr
 from loops.errors import LoopError
 from loops.pool import Pool
 
@@ -23,12 +24,6 @@ from loops.pool import Pool
 MarkFn = Callable[[int, torch.Tensor], torch.Tensor]
 #: ``flag(t, x) -> flagged``: bool (N,) for the pool x (N, C, H, W) of generation t.
 FlagFn = Callable[[int, torch.Tensor], torch.Tensor]
-
-
-def psnr_db(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Mean-squared-error PSNR in dB over the whole batch of [0, 1] images (inf when equal)."""
-    mse = float((a.double() - b.double()).pow(2).mean())
-    return math.inf if mse == 0 else -10.0 * math.log10(mse)
 
 
 @dataclass
@@ -55,7 +50,7 @@ class WatermarkStage:
             raise LoopError(f"watermark method {self.method} returned shape {tuple(marked.shape)} "
                             f"for images {tuple(x.shape)}", "check the method's image-size limits")
         changed = int((marked != x).flatten(1).any(1).sum())
-        return marked, {"wm_psnr": psnr_db(marked, x), "n_marked_new": changed}
+        return marked, {"wm_psnr": pooled_psnr(marked, x), "n_marked_new": changed}
 
 
 @dataclass

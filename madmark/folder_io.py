@@ -1,18 +1,18 @@
-"""Reading and writing image folders for the practitioner commands (embed, detect).
+"""Image folders for the practitioner commands (embed, detect, filter).
 
-Inputs are only read. Unreadable files are reported with the reason and skipped, never fatal.
+Inputs are only read, through the one reader :func:`madcore.images.read_image` (the loop's
+``data=imagefolder`` uses it too, so a file reads the same everywhere). Unreadable files are
+reported with the reason and skipped, never fatal.
 """
 from __future__ import annotations
 
-import io
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
 import torch
 
-from loops.checkpoint import atomic_write_bytes
+from madcore import images
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 
@@ -25,37 +25,20 @@ def list_images(root: Path) -> list[Path]:
 
 @dataclass
 class LoadedImage:
+    """One file of a folder command: the image as a tensor, or why there is none."""
+
     path: Path
     image: Optional[torch.Tensor]   # (C, H, W) float32 in [0, 1], C = 1 or 3; None if unreadable
     error: str = ""
+    alpha: Optional[torch.Tensor] = None   # (1, H, W) in [0, 1] when the file has transparency
+    notes: list[str] = field(default_factory=list)
 
 
 def read_image(path: Path) -> LoadedImage:
-    """One image as (C, H, W) in [0, 1] (grey stays 1 channel, alpha is dropped)."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            im.load()
-            im = ImageOps.exif_transpose(im)
-            if im.mode not in ("L", "RGB"):
-                im = im.convert("RGB" if im.mode in ("RGBA", "P", "CMYK", "YCbCr", "LA") else "L")
-            array = np.asarray(im, dtype=np.float32) / 255.0
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
-        return LoadedImage(path, None, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
-    tensor = torch.from_numpy(array.copy())
-    tensor = tensor[None] if tensor.ndim == 2 else tensor.permute(2, 0, 1)
-    return LoadedImage(path, tensor.contiguous())
-
-
-def write_png(path: Path, image: torch.Tensor) -> None:
-    """Save (C, H, W) in [0, 1] as an 8-bit lossless PNG, atomically."""
-    from PIL import Image
-
-    array = image.clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-    buffer = io.BytesIO()
-    Image.fromarray(array[..., 0] if array.shape[2] == 1 else array).save(buffer, format="PNG")
-    atomic_write_bytes(path, buffer.getvalue())
+    """One file through :func:`madcore.images.read_image`, as tensors."""
+    read = images.read_image(path)
+    as_tensor = (lambda a: None if a is None else torch.from_numpy(a))
+    return LoadedImage(path, as_tensor(read.image), read.reason, as_tensor(read.alpha), read.notes)
 
 
 def group_by_shape(images: list[LoadedImage]) -> dict[tuple[int, ...], list[int]]:

@@ -17,10 +17,9 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
-from loops.errors import LoopError
-from madmark.errors import MadmarkError
+from madcore.errors import MadmarkError
 
-USER_ERRORS = (MadmarkError, LoopError)
+USER_ERRORS = (MadmarkError,)   # loops.errors.LoopError is one
 
 
 def config_dir() -> Path:

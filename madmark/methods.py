@@ -6,7 +6,7 @@ from watermark import load as load_card
 from watermark.base import Watermarker
 from watermark.cards import CARDS_DIR
 
-from madmark.errors import MadmarkError
+from madcore.errors import MadmarkError
 
 METHODS = ("spread_spectrum", "dwtdct", "dwtdctsvd", "rivagan")
 

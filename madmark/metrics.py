@@ -26,10 +26,10 @@ from eval.features import FeatureUnavailable, build_extractor
 from eval.features.factory import build_lenet_extractor
 from eval.fid import FeatureStats, frechet_distance, kid
 from eval.prdc import RealManifold
-from loops import distributed as dist
-from loops.seeding import generator
+from madcore import dist
+from madcore.rng import generator
 from madmark.data.base import Splits
-from madmark.errors import MadmarkError
+from madcore.errors import MadmarkError
 
 
 def fingerprint(*tensors: Optional[torch.Tensor]) -> str:

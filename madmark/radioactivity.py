@@ -25,8 +25,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from eval.radioactivity import RadioactivityResult, radioactivity_test
-from loops.seeding import generator
-from madmark.errors import MadmarkError
+from madcore.rng import generator
+from madcore.errors import MadmarkError
 from madmark.rundir import RunDir
 from madmark.watermarking import RunWatermark
 

@@ -11,13 +11,13 @@ Absent columns are skipped everywhere. Sweeps of runs: :mod:`madmark.sweep_repor
 """
 from __future__ import annotations
 
-import io
 import json
 import math
 from pathlib import Path
 from typing import Any, Union
 
-from loops.checkpoint import atomic_write_bytes, atomic_write_text
+from madcore.figures import new_figure, save_png
+from madcore.files import atomic_write_text
 
 #: metrics plotted against generation, in panel order (absent columns are skipped)
 PLOTTED = ("precision", "recall", "density", "coverage", "fid", "kid", "spread_ratio",
@@ -111,9 +111,6 @@ def plot_panels(rows: list[dict[str, Any]], panels: tuple[Panel, ...], path: Pat
                 title: str = "") -> bool:
     """One panel per entry of ``panels`` with data (see :data:`ARTIFACT_PANELS`), against
     generation, written atomically to ``path``; False (and nothing written) if no panel has data."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
     present = [(name, [(col, label, _series(rows, col)) for col, label in lines], ref)
@@ -124,7 +121,7 @@ def plot_panels(rows: list[dict[str, Any]], panels: tuple[Panel, ...], path: Pat
         return False
     cols = min(3, len(present))
     nrows = math.ceil(len(present) / cols)
-    fig, axes = plt.subplots(nrows, cols, figsize=(4 * cols, 3 * nrows), squeeze=False)
+    fig, axes = new_figure(nrows, cols, figsize=(4 * cols, 3 * nrows), squeeze=False)
     for ax, (name, lines, ref) in zip(axes.flat, present):
         bars = False
         for col, label, points in lines:
@@ -150,10 +147,7 @@ def plot_panels(rows: list[dict[str, Any]], panels: tuple[Panel, ...], path: Pat
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    plt.close(fig)
-    atomic_write_bytes(path, buffer.getvalue())
+    save_png(fig, path, dpi=100)
     return True
 
 

@@ -8,8 +8,8 @@ from typing import Any, Callable, Optional
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from loops import distributed as dist
-from madmark.errors import MadmarkError
+from madcore import dist
+from madcore.errors import MadmarkError
 from madmark.rundir import RunDir
 
 #: keys that may differ between a run and its relaunch (they change no number)
@@ -34,7 +34,7 @@ def config_changes(recorded: DictConfig, asked: DictConfig) -> list[str]:
 
 def backend(cfg: DictConfig) -> Optional[str]:
     """The process group backend: gloo for a CPU run (NCCL moves only CUDA tensors), else
-    ``loops.distributed``'s choice. A resumed run computes on its recorded device."""
+    ``madcore.dist``'s choice. A resumed run computes on its recorded device."""
     if int(os.environ.get("WORLD_SIZE") or 1) <= 1 or os.environ.get("MADMARK_DIST_BACKEND"):
         return None
     device = str(cfg.device)

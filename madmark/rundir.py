@@ -23,7 +23,8 @@ from typing import Any, Iterable
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from loops.checkpoint import Checkpoints, atomic_write_bytes, atomic_write_text
+from loops.checkpoint import Checkpoints
+from madcore.files import atomic_write_bytes, atomic_write_text
 
 _PACKAGES = ("madmark", "torch", "torchvision", "numpy", "scipy", "kornia", "torchmetrics",
              "hydra-core", "omegaconf", "scikit-learn", "scikit-image", "mlxtend")

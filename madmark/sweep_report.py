@@ -19,15 +19,15 @@ so the difference is the number to read.
 """
 from __future__ import annotations
 
-import io
 import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from loops.checkpoint import atomic_write_bytes, atomic_write_text
-from madmark.errors import MadmarkError
+from madcore.figures import new_figure, save_png
+from madcore.files import atomic_write_text
+from madcore.errors import MadmarkError
 from madmark.report import _cell, _number
 from madmark.rundir import read_csv, rows_to_csv
 
@@ -163,9 +163,6 @@ def present_metrics(runs: list[SweepRun]) -> list[str]:
 
 def plot_sweep(runs: list[SweepRun], metrics: list[str], path: Path, title: str = "") -> bool:
     """One panel per metric against generation, one line per run; False if nothing to plot."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
     if not metrics:
@@ -174,7 +171,7 @@ def plot_sweep(runs: list[SweepRun], metrics: list[str], path: Path, title: str 
     nrows = math.ceil(len(metrics) / cols)
     legend_h = 0.3 * math.ceil(len(runs) / 2) + 0.2                 # inches below the panels
     height = 3 * nrows + legend_h
-    fig, axes = plt.subplots(nrows, cols, figsize=(4 * cols, height), squeeze=False)
+    fig, axes = new_figure(nrows, cols, figsize=(4 * cols, height), squeeze=False)
     handles: dict[str, Any] = {}
     for ax, metric in zip(axes.flat, metrics):
         for i, run in enumerate(runs):
@@ -195,10 +192,7 @@ def plot_sweep(runs: list[SweepRun], metrics: list[str], path: Path, title: str 
     if title:
         fig.suptitle(title)
     fig.tight_layout(rect=(0, legend_h / height, 1, 1))
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    plt.close(fig)
-    atomic_write_bytes(path, buffer.getvalue())
+    save_png(fig, path, dpi=100)
     return True
 
 

@@ -29,7 +29,7 @@ import torch
 from omegaconf import DictConfig
 
 from eval.artifacts import ArtifactMeter, WatermarkProbe
-from madmark.errors import MadmarkError
+from madcore.errors import MadmarkError
 from madmark.methods import build_method, secret_key
 from watermark import Detector, SecretKey
 from watermark.base import Watermarker

@@ -1,6 +1,7 @@
 """Watermark embedding, decoding and detection (learned and classical methods).
 
-Tensors in, tensors or numbers out; this package imports nothing from madmark, loops or eval.
+Tensors in, tensors or numbers out; this package imports nothing from madmark, loops or eval
+(only the shared bottom layer, madcore: DCT, PSNR/SSIM, atomic files, rank/shard).
 
     from watermark import SecretKey, SpreadSpectrum, Detector
     key = SecretKey.from_file("key.txt")
@@ -10,10 +11,12 @@ Tensors in, tensors or numbers out; this package imports nothing from madmark, l
     det.calibrate(clean_images)                              # measured FPR and bit bias
     det(x_w).flagged                                         # (N,) bool
 
-Modules: base (interface and checks), keys, dct, spread_spectrum, baselines (invisible-watermark,
-optional), detector, attacks (registry and ATTACK_GRID), attack_layer (training), quality,
-learned (encoder/decoder), train (training loop with checkpoints), cards (model cards, `load`).
+Modules: base (interface and checks), keys, imageops (luma, resize), spread_spectrum, baselines
+(invisible-watermark, optional), detector, attacks (registry and ATTACK_GRID), attack_layer
+(training), learned (encoder/decoder), train (training loop with checkpoints), cards (model cards, `load`).
 """
+from madcore.quality import mse, psnr, ssim   # re-exported: the quality of a mark
+
 from .attack_layer import DEFAULT_RANGES, AttackLayer
 from .attacks import ATTACK_GRID, ATTACKS, apply_attack, register
 from .base import UnsupportedImageError, Watermarker, check_images, check_message
@@ -23,7 +26,6 @@ from .baselines import BaselineUnavailableError, DwtDct, DwtDctSvd, RivaGAN
 from .detector import (Calibration, DetectionResult, Detector, binomial_p_value, matched_bits_threshold,
                        poisson_binomial_sf)
 from .keys import SecretKey
-from .quality import mse, psnr, ssim
 from .spread_spectrum import SpreadSpectrum
 from .train import train_watermarker
 

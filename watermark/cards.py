@@ -21,6 +21,8 @@ from typing import Any, Mapping
 
 import yaml
 
+from madcore.files import atomic_write_text
+
 from .learned import LearnedWatermarker
 
 CARDS_DIR = Path(__file__).resolve().parent / "cards"
@@ -52,9 +54,7 @@ def save_card(model: LearnedWatermarker, path: str | os.PathLike, training_confi
     card = {"name": name or path.stem, "kind": "learned", "architecture": _plain(model.hparams()),
             "weights": weights.name, "training": _plain(dict(training_config or {})),
             "metrics": _plain(dict(metrics or {}))}
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(yaml.safe_dump(card, sort_keys=False))
-    os.replace(tmp, path)
+    atomic_write_text(path, yaml.safe_dump(card, sort_keys=False))
     return path
 
 

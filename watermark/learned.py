@@ -40,8 +40,10 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from madcore.files import atomic_write_with
+
 from .base import Watermarker, check_images, check_message
-from .dct import luma, resize
+from .imageops import luma, resize
 
 
 def _block(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
@@ -190,11 +192,9 @@ class LearnedWatermarker(Watermarker):
         return wm.eval()
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write the weights as safetensors, atomically (temp file + os.replace)."""
-        path = os.fspath(path)
-        tmp = path + ".tmp"
-        save_file(self.state_dict(), tmp, metadata={k: str(v) for k, v in self.hparams().items()})
-        os.replace(tmp, path)
+        """Write the weights as safetensors, atomically (madcore.files)."""
+        metadata = {k: str(v) for k, v in self.hparams().items()}
+        atomic_write_with(path, lambda tmp: save_file(self.state_dict(), str(tmp), metadata=metadata))
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu", **hparams) -> "LearnedWatermarker":

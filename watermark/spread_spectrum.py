@@ -45,8 +45,10 @@ import os
 
 import torch
 
+from madcore.dct import dct2, idct2
+
 from .base import Watermarker, check_images, check_message
-from .dct import dct2, idct2, luma, resize
+from .imageops import luma, resize
 from .keys import SecretKey
 
 MIN_MARGIN = 0.1   # informed embedding: smallest margin worth paying for, in units of a (additive)

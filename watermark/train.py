@@ -19,13 +19,13 @@ Curriculum (chosen, after HiDDeN / VideoSeal practice of learning the channel be
 Adam (lr), gradient-norm clipping at 1.
 
 One step is `watermark_train_step` on the module `EmbedAttackDecode` (embed -> attack -> decode, the
-watermarker's own two networks). Under `torchrun --nproc_per_node=N` (loops.distributed) the same
+watermarker's own two networks). Under `torchrun --nproc_per_node=N` (madcore.dist) the same
 code runs in every process: each draws the same global batch, messages and attack draws, computes
-its contiguous share of the rows (loops.distributed.shard's partition) in a DistributedDataParallel
+its contiguous share of the rows (madcore.dist.shard's partition) in a DistributedDataParallel
 wrapper and scales its loss by n_local N / B, so the step is the single-process step on the global
 batch (docs/scaling.md). Rank 0 alone validates, writes checkpoints and the metrics log and shows
 the progress bar. The process group is torch.distributed's (started by the caller, e.g. madmark
-train-watermark through loops.distributed.init); watermark imports nothing from loops.
+train-watermark through madcore.dist.init); watermark imports nothing from loops.
 
 Determinism and resume. Everything random at step t (batch indices, messages, attack draws) comes
 from generators seeded with (seed, t), and the initial weights from `seed`, so a run resumed from a
@@ -46,15 +46,17 @@ import time
 from typing import Callable, Sequence
 
 import torch
-import torch.distributed as tdist
 import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
 
+from madcore import dist
+from madcore.files import atomic_directory, atomic_write_json
+from madcore.quality import psnr
+
 from .attack_layer import AttackLayer
 from .attacks import apply_attack
 from .learned import LearnedWatermarker
-from .quality import psnr
 
 ProgressFn = Callable[[int, int, dict], None]
 STATS = ("loss", "bit_loss", "q_loss", "train_bit_acc")
@@ -68,21 +70,6 @@ def _seed(seed: int, step: int, stream: int) -> int:
 def _gen(seed: int, step: int, stream: int) -> torch.Generator:
     """A CPU generator seeded with `_seed(seed, step, stream)`."""
     return torch.Generator().manual_seed(_seed(seed, step, stream))
-
-
-def _place() -> tuple[int, int]:
-    """(rank, world size) in torch.distributed's process group; (0, 1) without one."""
-    if tdist.is_available() and tdist.is_initialized():
-        return tdist.get_rank(), tdist.get_world_size()
-    return 0, 1
-
-
-def _shard(n: int) -> slice:
-    """This rank's contiguous rows of range(n), the partition of loops.distributed.shard."""
-    rank, world = _place()
-    base, extra = divmod(int(n), world)
-    start = rank * base + min(rank, extra)
-    return slice(start, start + base + (1 if rank < extra else 0))
 
 
 class EmbedAttackDecode(nn.Module):
@@ -113,13 +100,13 @@ def watermark_train_step(module: nn.Module, optimizer: torch.optim.Optimizer, im
 
     module: an `EmbedAttackDecode`, DDP-wrapped under torchrun; images (B, C, H, W)
     in [0, 1] and messages (B, K) float {0, 1}: the global batch (moved to the model's device).
-    This rank computes its rows (`_shard(B)`). alpha: embedding strength of this step; attack_seed:
+    This rank computes its rows (`madcore.dist.shard(B)`). alpha: embedding strength of this step; attack_seed:
     the attack layer's generator is seeded with it (the same on every rank), None = no attacks.
     Loss: BCE(logits, m) + quality_weight mse(x_w, x) / alpha^2, means over the global batch;
     gradient norm clipped at grad_clip. Returns the global means of STATS (identical on every rank).
     """
     b = images.shape[0]
-    rows, world = _shard(b), _place()[1]
+    rows, world = dist.shard(b), dist.world_size()
     core = getattr(module, "module", module)           # inside DistributedDataParallel
     core.wm.alpha = alpha
     if attack_seed is not None:
@@ -137,8 +124,7 @@ def watermark_train_step(module: nn.Module, optimizer: torch.optim.Optimizer, im
     optimizer.step()
     acc = ((logits > 0).float() == m).float().mean()
     stats = torch.stack([loss, bit_loss, q_loss, acc]).detach().double() * share
-    if world > 1:
-        tdist.all_reduce(stats)
+    dist.all_reduce_sum(stats)
     return dict(zip(STATS, stats.tolist()))
 
 
@@ -169,26 +155,16 @@ def _schedule(step: int, alpha: float, boost: float, warmup: int, ramp: int, qw:
 def _save_checkpoint(ckpt_dir: str, step: int, model: LearnedWatermarker, opt: torch.optim.Optimizer,
                      state: dict, keep: int = 2) -> str:
     final = os.path.join(ckpt_dir, f"step_{step:07d}")
-    tmp = final + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-    model.save(os.path.join(tmp, "weights.safetensors"))
-    torch.save(opt.state_dict(), os.path.join(tmp, "optimizer.pt"))
-    with open(os.path.join(tmp, "state.json"), "w") as f:
-        json.dump(state, f, indent=1)
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    _write_json_atomic(os.path.join(ckpt_dir, "latest.json"), {"step": step, "dir": os.path.basename(final)})
-    old = sorted(d for d in os.listdir(ckpt_dir) if d.startswith("step_") and not d.endswith(".tmp"))
+    with atomic_directory(final, replace=True) as tmp:
+        model.save(tmp / "weights.safetensors")
+        torch.save(opt.state_dict(), tmp / "optimizer.pt")
+        (tmp / "state.json").write_text(json.dumps(state, indent=1))
+    atomic_write_json(os.path.join(ckpt_dir, "latest.json"),
+                      {"step": step, "dir": os.path.basename(final)}, indent=1)
+    old = sorted(d for d in os.listdir(ckpt_dir) if d.startswith("step_"))
     for d in old[:-keep]:
         shutil.rmtree(os.path.join(ckpt_dir, d), ignore_errors=True)
     return final
-
-
-def _write_json_atomic(path: str, obj) -> None:
-    with open(path + ".tmp", "w") as f:
-        json.dump(obj, f, indent=1)
-    os.replace(path + ".tmp", path)
 
 
 def latest_checkpoint(ckpt_dir: str) -> str | None:
@@ -232,8 +208,8 @@ def train_watermarker(images_train: torch.Tensor, images_val: torch.Tensor, *, n
     warmup, ramp = int(round(warmup_frac * steps)), int(round(ramp_frac * steps))
     x_val = images_val[:val_images]
     log: list[dict] = []
-    (rank, world), start = _place(), 0
-    main = rank == 0
+    world, start = dist.world_size(), 0
+    main = dist.is_main()
     if batch_size < world:
         raise ValueError(f"batch_size {batch_size} < {world} processes: some would get no rows")
     if checkpoint_dir:
@@ -249,16 +225,12 @@ def train_watermarker(images_train: torch.Tensor, images_val: torch.Tensor, *, n
             if main and os.path.isfile(mpath):
                 with open(mpath) as f:
                     log = [r for r in map(json.loads, f) if r["step"] <= start]
-        if world > 1:
-            tdist.barrier()                                # all have read it before rank 0 writes
+        dist.barrier()                                     # all have read it before rank 0 writes
         if main:
             with open(os.path.join(checkpoint_dir, "metrics.jsonl"), "w") as f:   # rewrite the kept part
                 f.writelines(json.dumps(r) + "\n" for r in log)
     module = EmbedAttackDecode(model, layer)
-    if world > 1:
-        where = next(module.parameters()).device               # cuda:i has its index
-        module = nn.parallel.DistributedDataParallel(
-            module, device_ids=[where.index] if where.type == "cuda" else None)
+    module = dist.wrap(module)                             # DDP under torchrun
 
     bar = None
     if progress is True and main:
@@ -304,9 +276,6 @@ def train_watermarker(images_train: torch.Tensor, images_val: torch.Tensor, *, n
     model.alpha = alpha
     if main and checkpoint_dir and start < steps:
         _save_checkpoint(checkpoint_dir, steps, model, opt, {"step": steps, "seed": seed, "config": config})
-    if world > 1:                                          # rank 0's log, once it has written all
-        box = [log]
-        tdist.broadcast_object_list(box, src=0)
-        log = box[0]
+    log = dist.broadcast_object(log)                       # rank 0's log, once it has written all
     model.train_config = config
     return model.eval(), log

@@ -6,7 +6,7 @@ Layout of one entry::
     cache_dir/<16 hex>/model.safetensors   # LeNet state dict (float32)
     cache_dir/<16 hex>/meta.json           # key, train settings, accuracy, epochs, training time
 
-Both files are written to a temporary name and moved into place with ``os.replace`` (atomic), the
+Both files are written atomically (:func:`madcore.files.atomic_write_with`), the
 JSON last, so a half-written entry is never read as complete and concurrent writers are safe.
 """
 from __future__ import annotations
@@ -14,18 +14,17 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
-import os
 import time
-import uuid
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Optional, Union
+from typing import Any, Optional, Union
 
 import torch
 from safetensors.torch import load_file, save_file
 
 from eval.features.lenet import LeNet
 from eval.features.lenet_train import train_lenet
+from madcore.files import atomic_write_with
 
 __all__ = ["load_or_train_lenet", "cache_entry_dir", "ARCH_VERSION"]
 
@@ -52,16 +51,6 @@ def cache_entry_dir(cache_dir: Union[str, Path], key: dict, **train_kwargs) -> P
     """``cache_dir/<first 16 hex of sha256(key + training settings + ARCH_VERSION)>``."""
     blob = json.dumps(_full_key(key, train_kwargs), sort_keys=True).encode()
     return Path(cache_dir) / hashlib.sha256(blob).hexdigest()[:16]
-
-
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def _load(entry: Path, full_key: dict, device) -> Optional[tuple[LeNet, dict]]:
@@ -124,10 +113,10 @@ def load_or_train_lenet(cache_dir: Union[str, Path], key: dict,
     model, info = train_lenet(train_x, train_y, val_x=val_x, val_y=val_y, **train_kwargs)
     entry.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    _atomic_write(entry / "model.safetensors",
+    atomic_write_with(entry / "model.safetensors",
                   lambda p: save_file(state, str(p), metadata={"arch": ARCH_VERSION}))
     meta = {"key": _canonical(key), "full_key": full_key, "accuracy": info["val_accuracy"],
             "epochs": info["epochs"], "train_time_s": info["train_time_s"],
             "info": _canonical(info)}
-    _atomic_write(entry / "meta.json", lambda p: p.write_text(json.dumps(meta, indent=2)))
+    atomic_write_with(entry / "meta.json", lambda p: p.write_text(json.dumps(meta, indent=2)))
     return model, {**info, "cached": False, "cache_path": str(entry)}

@@ -13,7 +13,7 @@ Every random draw — init, batch order, timesteps, noise, label-dropout mask, d
 ``generator``, so one seed gives one model. Sampling: DDIM with ``sample_steps`` steps and
 ``ddim_eta`` (``sample_steps = timesteps`` with ``ddim_eta = 1`` is ancestral DDPM sampling).
 
-Distributed (same code under ``torchrun`` and plain python, via :mod:`loops.distributed`): every
+Distributed (same code under ``torchrun`` and plain python, via :mod:`madcore.dist`): every
 rank draws the same GLOBAL batch (indices, t, noise, mask) from the same seed, and one training step
 
     ddpm_train_step(net, optimizer, x0, labels, t, noise, drop_mask, alphas_cumprod, *,
@@ -39,7 +39,7 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
-from .. import distributed as dist
+from madcore import dist
 from ..errors import LoopError, check_bias
 from .base import GenerativeModel, ProgressFn
 from .unet import UNet

@@ -16,9 +16,9 @@ from typing import Callable, Optional
 
 import torch
 
-from loops.checkpoint import atomic_write_text
+from madcore.files import atomic_write_text
 from madmark.commands.options import parse
-from madmark.errors import MadmarkError
+from madcore.errors import MadmarkError
 from madmark.folder_io import LoadedImage, group_by_shape, list_images, read_image
 from madmark.hydra_app import report_error
 from madmark.methods import build_method, secret_key

@@ -14,10 +14,11 @@ from pathlib import Path
 
 import torch
 
-from loops.checkpoint import atomic_write_text
+from madcore.files import atomic_write_text
 from madmark.commands.options import parse
-from madmark.errors import MadmarkError
-from madmark.folder_io import group_by_shape, list_images, read_image, write_png
+from madcore.errors import MadmarkError
+from madcore.images import write_png
+from madmark.folder_io import group_by_shape, list_images, read_image
 from madmark.hydra_app import report_error
 from madmark.methods import build_method, secret_key
 from madmark.rundir import rows_to_csv
@@ -58,7 +59,7 @@ def embed_folder(in_dir: Path, out_dir: Path, opts: dict) -> dict:
             quality = psnr(x_w, x)
             for j, i in enumerate(chunk):
                 rel = Path(rows[i]["input"]).with_suffix(".png")
-                write_png(out_dir / rel, x_w[j])
+                write_png(out_dir / rel, x_w[j], alpha=items[i].alpha)   # transparency kept
                 rows[i].update(output=str(rel), status="embedded", reason="",
                                psnr_db=f"{float(quality[j]):.2f}")
     atomic_write_text(out_dir / "manifest.csv", rows_to_csv(rows[i] for i in sorted(rows)))

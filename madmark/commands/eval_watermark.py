@@ -14,7 +14,6 @@ attack, one column per method) and ``plots/bit_accuracy.png`` (grouped bars) in 
 """
 from __future__ import annotations
 
-import io
 import math
 
 import torch
@@ -22,8 +21,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from loops.checkpoint import atomic_write_bytes, atomic_write_text
-from madmark.errors import MadmarkError
+from madcore.figures import new_figure, save_png
+from madcore.files import atomic_write_text
+from madcore.errors import MadmarkError
 from madmark.hydra_app import run_hydra
 from madmark.methods import build_method, secret_key
 from madmark.rundir import RunDir, environment, rows_to_csv
@@ -77,14 +77,11 @@ def by_method(rows: list[dict]) -> dict[str, list[dict]]:
 
 def plot_bit_accuracy(rows: list[dict], path) -> None:
     """Grouped bars: bit accuracy per attack, one colour per method; "n/a" where not applicable."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     groups = by_method(rows)
     labels = [attack_label(r) for r in next(iter(groups.values()))]
     width = 0.8 / len(groups)
-    fig, ax = plt.subplots(figsize=(max(7, 0.45 * len(labels) * max(1, len(groups) ** 0.5)), 4.2))
+    fig, ax = new_figure(figsize=(max(7, 0.45 * len(labels) * max(1, len(groups) ** 0.5)), 4.2))
     for j, (name, group) in enumerate(groups.items()):
         xs = [i + (j - (len(groups) - 1) / 2) * width for i in range(len(group))]
         accuracy = [r["bit_accuracy"] for r in group]
@@ -100,10 +97,7 @@ def plot_bit_accuracy(rows: list[dict], path) -> None:
     ax.set_title(f"bit accuracy after each attack, N = {rows[0]['n_images']} held-out images")
     ax.legend(fontsize=7, loc="lower left")
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    plt.close(fig)
-    atomic_write_bytes(path, buffer.getvalue())
+    save_png(fig, path, dpi=100)
 
 
 def comparison_markdown(rows: list[dict], data_name: str) -> str:

@@ -37,11 +37,11 @@ from pathlib import Path
 
 import torch
 
-from loops.checkpoint import atomic_write_text
+from madcore.files import atomic_write_text
 from madmark.commands.detect import (COLUMNS, OPTIONS as DETECT_OPTIONS, check_alpha,
                                      detect_images, method_settings, read_folder)
 from madmark.commands.options import parse
-from madmark.errors import MadmarkError
+from madcore.errors import MadmarkError
 from madmark.folder_io import LoadedImage, group_by_shape
 from madmark.hydra_app import report_error
 from madmark.methods import secret_key

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from madmark.errors import MadmarkError
+from madcore.errors import MadmarkError
 
 
 def parse(args: list[str], positional: list[str], options: dict[str, Any],

@@ -14,9 +14,9 @@ import json
 import math
 from pathlib import Path
 
-from loops.checkpoint import atomic_write_text
+from madcore.files import atomic_write_text
 from madmark.commands.options import parse
-from madmark.errors import MadmarkError
+from madcore.errors import MadmarkError
 from madmark.hydra_app import report_error
 from madmark.radioactivity import radioactivity
 

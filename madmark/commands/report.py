@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from madmark.errors import MadmarkError
+from madcore.errors import MadmarkError
 from madmark.hydra_app import report_error
 from madmark.report import write_report
 from madmark.sweep_report import is_sweep, write_sweep_report

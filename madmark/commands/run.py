@@ -19,12 +19,12 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from eval.artifacts import add_growth
-from loops import distributed as dist
+from madcore import dist
 from loops.engine import LoopEngine, LoopSettings
 from loops.families import LoopFamily
 from loops.stages import FilterStage, WatermarkStage
 from madmark.console import GenerationProgress, format_table
-from madmark.errors import MadmarkError
+from madcore.errors import MadmarkError
 from madmark.evaluation import spread_evaluator, vector_truth_evaluator
 from madmark.hydra_app import report_error, run_hydra
 from madmark.metrics import GenerationMetrics, make_extractor

@@ -19,9 +19,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from loops import distributed as dist
+from madcore import dist
 from madmark.commands.run import resolve_device
-from madmark.errors import MadmarkError
+from madcore.errors import MadmarkError
 from madmark.hydra_app import report_error, run_hydra, to_container
 from madmark.run_opening import agree, backend, torchrun_args
 from madmark.rundir import RunDir, environment

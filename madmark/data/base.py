@@ -43,7 +43,7 @@ class DataSource(ABC):
     """A source of real data. Constructed from ``configs/data/<name>.yaml`` by Hydra ``_target_``.
 
     Constructors only store settings; :meth:`load` does the I/O and may raise
-    :class:`madmark.errors.MadmarkError` naming the problem and its fix.
+    :class:`madcore.errors.MadmarkError` naming the problem and its fix.
     """
 
     name: str = "source"
@@ -81,7 +81,7 @@ class DataSource(ABC):
         splits = self.load()
         train = splits.train
         if n > len(train):
-            from madmark.errors import MadmarkError
+            from madcore.errors import MadmarkError
             raise MadmarkError(
                 f"the fresh-data loop asks for n_real={n} samples but data '{self.name}' has only "
                 f"{len(train)} train samples", f"set loop.n_real <= {len(train)}")

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from madmark.data.base import DataSource, Splits
 from madmark.data.splitting import split_pool
-from madmark.errors import MadmarkError
+from madcore.errors import MadmarkError
 
 
 class Faces(DataSource):

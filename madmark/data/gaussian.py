@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from madmark.data.base import DataSource, Splits
-from madmark.errors import MadmarkError
+from madcore.errors import MadmarkError
 
 
 def check_positive(**values: int) -> None:

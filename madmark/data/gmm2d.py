@@ -5,7 +5,7 @@ import torch
 
 from madmark.data.base import DataSource, Splits
 from madmark.data.gaussian import check_positive
-from madmark.errors import MadmarkError
+from madcore.errors import MadmarkError
 
 GRID = (-4.0, -2.0, 0.0, 2.0, 4.0)
 

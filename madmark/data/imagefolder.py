@@ -6,12 +6,14 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 
+from madcore.images import read_image
 from madmark.data.base import DataSource, Splits
 from madmark.data.splitting import split_pool
-from madmark.errors import MadmarkError
+from madcore.errors import MadmarkError
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
-_GREY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"}
+#: unreadable files named in one error, then a count of the rest
+MAX_NAMED = 5
 
 
 def find_images(root: Path) -> list[Path]:
@@ -31,28 +33,6 @@ def _target_size(resize) -> Optional[tuple[int, int]]:
         raise MadmarkError(f"data.resize={resize!r} is not a size",
                            "set data.resize=<int> or data.resize=[H,W] or data.resize=null")
     return int(hw[0]), int(hw[1])
-
-
-def read_image(path: Path, size: Optional[tuple[int, int]]) -> np.ndarray:
-    """One image as float32 ``(C, H, W)`` in [0, 1], C = 1 for grey modes and 3 otherwise.
-
-    EXIF rotation is applied, alpha dropped, and the image resized (bilinear) to ``size`` (H, W)
-    if given. 8-bit modes are divided by 255, 16-bit grey ("I;16", "I") by 65535.
-    """
-    from PIL import Image, ImageOps
-
-    with Image.open(path) as im:
-        im = ImageOps.exif_transpose(im)
-        if im.mode in _GREY_MODES and im.mode not in ("1", "L", "LA", "La"):
-            scale = 1.0 if im.mode == "F" else 65535.0
-            im = im.convert("F")
-        else:
-            scale = 255.0
-            im = im.convert("L" if im.mode in _GREY_MODES else "RGB")
-        if size is not None and im.size != (size[1], size[0]):
-            im = im.resize((size[1], size[0]), Image.BILINEAR)
-        arr = np.clip(np.asarray(im, dtype=np.float32) / scale, 0.0, 1.0)
-    return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
 
 
 def to_channels(arr: np.ndarray, channels: int) -> np.ndarray:
@@ -109,15 +89,17 @@ class ImageFolder(DataSource):
 
     @staticmethod
     def _decode(files: list[Path], size: Optional[tuple[int, int]]) -> list[np.ndarray]:
-        """Every file through :func:`read_image`; an unreadable file is named in the error."""
-        arrays = []
-        for path in files:
-            try:
-                arrays.append(read_image(path, size))
-            except Exception as err:  # PIL raises OSError, SyntaxError, ValueError, ...
-                raise MadmarkError(f"cannot read image '{path}' ({type(err).__name__})",
-                                   "remove or repair that file") from err
-        return arrays
+        """Every file through :func:`madcore.images.read_image` (alpha dropped: the loop models
+        colour only); unreadable files are all named in one error (the first MAX_NAMED, then a
+        count), so a folder is repaired in one pass."""
+        reads = [read_image(path, size) for path in files]
+        bad = [r for r in reads if not r.ok]
+        if bad:
+            named = "; ".join(f"'{r.path}' ({r.reason})" for r in bad[:MAX_NAMED])
+            more = f" and {len(bad) - MAX_NAMED} more" if len(bad) > MAX_NAMED else ""
+            raise MadmarkError(f"cannot read {len(bad)} of {len(files)} image files: {named}{more}",
+                               "remove or repair those files")
+        return [r.image for r in reads]
 
     def _n_reference(self, n: int) -> int:
         k = self.n_reference

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from madmark.data.base import DataSource, Splits
-from madmark.errors import MadmarkError
+from madcore.errors import MadmarkError
 
 # Images bundled inside the scikit-image wheel (no download). "cat" is the same photo as
 # "chelsea", so the default list leaves it out; grayscale ones are repeated to 3 channels.

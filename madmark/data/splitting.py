@@ -5,7 +5,7 @@ from typing import Optional
 
 import numpy as np
 
-from madmark.errors import MadmarkError
+from madcore.errors import MadmarkError
 
 
 def check_n_reference(n_reference: int, available: int, source: str, min_train: int = 1) -> int:

@@ -9,7 +9,7 @@ import torch
 
 from madmark.data.base import DataSource, Splits
 from madmark.data.splitting import subset_indices
-from madmark.errors import MadmarkError
+from madcore.errors import MadmarkError
 
 DEFAULT_ROOT = "~/.cache/madmark/torchvision"
 DATASETS = {"mnist": "MNIST", "fashionmnist": "FashionMNIST", "cifar10": "CIFAR10"}

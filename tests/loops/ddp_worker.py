@@ -2,7 +2,7 @@
 
     python -m torch.distributed.run --standalone --nproc_per_node=2 tests/loops/ddp_worker.py OUT
 
-Each rank runs the collectives of ``loops.distributed`` and DDP training steps, then writes
+Each rank runs the collectives of ``madcore.dist`` and DDP training steps, then writes
 ``OUT/rank<r>.pt``. The test recomputes the same steps in one process, without DDP, and compares.
 Sharing rule of every DDP step here: every rank draws the *global* batch identically, takes
 ``dist.shard(N)`` of it, and scales its mean loss by ``n_local * world_size / N`` so that DDP's
@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from loops import distributed as dist
+from madcore import dist
 
 # the tiny conv net (a): CONV_STEPS SGD steps on fresh global batches of CONV_N images (split 4 / 3)
 CONV_N, CONV_STEPS, CONV_LR = 7, 3, 0.2

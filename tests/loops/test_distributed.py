@@ -1,4 +1,4 @@
-"""loops.distributed: single-process identities, shard partitions, and a real 2-process gloo run in
+"""madcore.dist: single-process identities, shard partitions, and a real 2-process gloo run in
 which DDP training steps equal the single-process steps on the same global batches."""
 import os
 import subprocess
@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from loops import distributed as dist
+from madcore import dist
 from tests.loops import ddp_worker as worker
 
 REPO = Path(__file__).resolve().parents[2]
@@ -59,19 +59,6 @@ def test_shards_partition_the_range_like_numpy_array_split(monkeypatch, world):
         sizes = [len(p) for p in parts]
         assert max(sizes) - min(sizes) <= 1
         assert parts == [a.tolist() for a in np.array_split(np.arange(n), world)]
-
-
-@pytest.mark.parametrize("world", [1, 2, 3, 5])
-def test_watermark_training_shards_like_loops_distributed(monkeypatch, world):
-    """watermark/train.py reads torch.distributed itself (watermark imports nothing from loops);
-    its rows are loops.distributed.shard's."""
-    import watermark.train as wt
-
-    monkeypatch.setattr(dist, "world_size", lambda: world)
-    for r in range(world):
-        monkeypatch.setattr(dist, "rank", lambda r=r: r)
-        monkeypatch.setattr(wt, "_place", lambda r=r: (r, world))
-        assert [wt._shard(n) for n in range(12)] == [dist.shard(n) for n in range(12)]
 
 
 # ---- two processes under torchrun (gloo, CPU) ----------------------------------------------------

@@ -65,7 +65,7 @@ def test_checkpoints_load_with_weights_only(normal_source, tmp_path):
 
 def test_atomic_files_get_ordinary_permissions(tmp_path):
     import os
-    from loops.checkpoint import atomic_write_text
+    from madcore.files import atomic_write_text
     atomic_write_text(tmp_path / "a.txt", "x")
     with open(tmp_path / "b.txt", "w") as f:           # what a plain open() gives under this umask
         f.write("x")

@@ -11,7 +11,8 @@ from loops.families import LoopFamily
 from loops.models import GaussianModel
 from loops.models.base import GenerativeModel
 from loops.pool import Pool
-from loops.stages import FilterStage, WatermarkStage, psnr_db
+from loops.stages import FilterStage, WatermarkStage
+from madcore.quality import pooled_psnr
 
 SHAPE = (1, 4, 4)
 
@@ -86,7 +87,7 @@ def test_watermark_stage_marks_and_reports_psnr():
     marked, stats = WatermarkStage(mark, "toy")(1, x)
     assert torch.equal(marked, mark(1, x))
     assert stats["n_marked_new"] == 6
-    assert stats["wm_psnr"] == pytest.approx(psnr_db(marked, x))
+    assert stats["wm_psnr"] == pytest.approx(pooled_psnr(marked, x))
     assert stats["wm_psnr"] == pytest.approx(-10 * math.log10(0.25 / 16))
     with pytest.raises(LoopError, match="needs images"):
         WatermarkStage(mark)(1, torch.zeros(3, 5))

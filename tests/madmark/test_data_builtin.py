@@ -6,7 +6,7 @@ import torch
 from madmark.data import Digits, Faces, MNIST5k, Photos
 from madmark.data.photos import DEFAULT_IMAGES, _rgb
 from madmark.data.splitting import split_indices
-from madmark.errors import MadmarkError
+from madcore.errors import MadmarkError
 
 
 def rows(x: torch.Tensor) -> set[bytes]:

@@ -5,7 +5,7 @@ import torch
 from PIL import Image
 
 from madmark.data import ImageFolder
-from madmark.errors import MadmarkError
+from madcore.errors import MadmarkError
 
 
 def write(path, array, **save_kwargs):

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from madmark.data import TorchvisionDataset
-from madmark.errors import MadmarkError
+from madcore.errors import MadmarkError
 
 
 def write_idx(path, array: np.ndarray):

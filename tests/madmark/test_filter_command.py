@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from madmark.cli import main
-from madmark.folder_io import write_png
+from madcore.images import write_png
 from watermark import SecretKey, SpreadSpectrum, binomial_p_value
 
 SECRET = "correct horse battery staple"

@@ -6,7 +6,7 @@ from omegaconf import OmegaConf
 from eval.fid import fid
 from eval.prdc import prdc
 from madmark.data import Digits, Gaussian
-from madmark.errors import MadmarkError
+from madcore.errors import MadmarkError
 from madmark.metrics import GenerationMetrics, choose_extractor, make_extractor
 from madmark.rundir import read_csv
 from tests.madmark.conftest import run_dirs

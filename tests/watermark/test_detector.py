@@ -10,7 +10,7 @@ from scipy.stats import binom, binomtest
 from watermark import (Detector, SecretKey, SpreadSpectrum, Watermarker, binomial_p_value,
                        matched_bits_threshold, poisson_binomial_sf)
 
-from watermark.dct import luma
+from watermark.imageops import luma
 
 from .conftest import RGB_PHOTOS, mnist_digits, photo_tiles
 

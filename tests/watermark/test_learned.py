@@ -5,7 +5,7 @@ import torch
 from watermark.attack_layer import AttackLayer
 from watermark.cards import load, load_card, read_card, save_card
 from watermark.learned import LearnedWatermarker, jnd_mask
-from watermark.quality import psnr
+from madcore.quality import psnr
 
 
 def _wm(**kw):

@@ -307,7 +307,7 @@ def test_experiment_config_composes_and_builds_the_model(model):
 def _two_rank_worker(rank: int, port: int, out: str) -> None:
     import os
 
-    from loops import distributed as dist
+    from madcore import dist
     os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)

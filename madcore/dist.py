@@ -4,7 +4,7 @@ EDM2-style: :func:`init` reads the torchrun environment (``RANK``, ``WORLD_SIZE`
 ``MASTER_ADDR``, ``MASTER_PORT``) and starts a process group only when ``WORLD_SIZE > 1``; without
 it every helper degrades to its single-process meaning (rank 0 of 1, reductions are identities).
 
-    from loops import distributed as dist
+    from madcore import dist
     dist.init()                                   # no-op under plain python
     model = dist.wrap(model)                      # DistributedDataParallel when world_size > 1
     rows = dist.shard(n)                          # this rank's contiguous slice of range(n)

@@ -1,4 +1,4 @@
-"""Per-generation random streams derived from (seed, generation, purpose).
+"""Random streams derived from (seed, generation, purpose).
 
 Each generation re-derives its generators from the run seed instead of continuing one global
 stream, so a run resumed at generation t draws exactly what an uninterrupted run would have.

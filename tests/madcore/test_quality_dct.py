@@ -1,4 +1,4 @@
-"""watermark.quality and watermark.dct against closed forms, scikit-image and scipy."""
+"""madcore.quality and madcore.dct against closed forms, scikit-image and scipy."""
 import math
 
 import numpy as np
@@ -7,8 +7,8 @@ import scipy.fft
 import torch
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from watermark import psnr, ssim
-from watermark.dct import dct2, idct2, luma
+from madcore.dct import dct2, idct2
+from madcore.quality import pooled_psnr, psnr, ssim
 
 
 def _noisy(x, sigma, seed=0):
@@ -59,8 +59,18 @@ def test_dct2_is_scipy_orthonormal_dct_and_inverts(size):
     assert torch.allclose(dct2(x).square().sum((1, 2)), x.square().sum((1, 2)))
 
 
-def test_luma_is_bt601():
-    x = torch.rand(2, 3, 5, 5)
-    want = 0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]
-    assert torch.allclose(luma(x)[:, 0], want)
-    assert torch.equal(luma(x[:, :1]), x[:, :1])
+def test_dct2_of_rectangular_blocks_matches_scipy():
+    x = torch.randn(2, 3, 9, 14, dtype=torch.float64)
+    ref = scipy.fft.dctn(x.numpy(), type=2, norm="ortho", axes=(-2, -1))
+    np.testing.assert_allclose(dct2(x).numpy(), ref, atol=1e-12)
+    assert torch.allclose(idct2(dct2(x)), x, atol=1e-12)
+
+
+def test_pooled_psnr_is_the_psnr_of_the_pooled_mse():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(5, 3, 8, 8, generator=g)
+    y = (x + 0.01 * torch.randn(x.shape, generator=g)).clamp(0, 1)
+    mse = float(((x.double() - y.double()) ** 2).mean())
+    assert pooled_psnr(x, y) == pytest.approx(10 * math.log10(1 / mse), rel=1e-12)
+    assert math.isinf(pooled_psnr(x, x))
+    assert math.isnan(pooled_psnr(x[:0], y[:0]))

@@ -1,8 +1,8 @@
-"""User-facing errors: one line that names the problem and the fix.
+"""The one user-error type: a problem and its fix, printed as one line.
 
 Anything a user can cause (a bad config value, a missing folder, a corrupt image) raises
 :class:`MadmarkError`. The CLI prints ``madmark: error: <problem> — <fix>`` and exits with code 2;
-``debug=true`` shows the traceback instead.
+``debug=true`` shows the traceback instead. Layers may subclass it (``loops.errors.LoopError``).
 """
 from __future__ import annotations
 
