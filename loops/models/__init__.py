@@ -1,4 +1,6 @@
-"""Generative models of the loop: fit from scratch on a pool, sample with bias λ ∈ (0, 1]."""
+"""Generative models of the loop: fit from scratch on a pool, sample with bias λ ∈ (0, 1].
+
+The neural ones (flow, WGAN-GP, DDPM) are built on the shared scaffold :mod:`.training`."""
 from .base import GenerativeModel, ProgressFn
 from .ddpm import DDPMModel
 from .flow import FlowModel

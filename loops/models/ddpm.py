@@ -30,18 +30,20 @@ number of ranks).
 """
 from __future__ import annotations
 
-import copy
 import math
 import time
-from contextlib import nullcontext
 from typing import Optional, Sequence
 
 import torch
 from torch import nn
 
 from madcore import dist
-from ..errors import LoopError, check_bias
+
+from ..errors import LoopError
 from .base import GenerativeModel, ProgressFn
+from .training import (EMA, PRECISIONS, ShuffledIndices, autocast, autocast_dtype,
+                       begin_sampling, check_bool, check_choice, check_float, check_int,
+                       chunk_spans, load_module, module_state, require_fitted, seeded, wrap_ddp)
 from .unet import UNet
 
 _ARCH = ("base_channels", "num_res_blocks", "attn_resolution", "groups", "patch_size")
@@ -115,8 +117,7 @@ def ddpm_train_step(net: nn.Module, optimizer: torch.optim.Optimizer, x0: torch.
             y = torch.where(drop_mask[rows], torch.full_like(y, null_class), y)
     ab = alphas_cumprod[t].to(x0.dtype).view(-1, 1, 1, 1)
     x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
-    amp = torch.autocast(x0.device.type, dtype=amp_dtype) if amp_dtype else nullcontext()
-    with amp:
+    with autocast(x0.device, amp_dtype):
         eps = net(x_t, t, y)
     per_sample = (eps.float() - noise).pow(2).flatten(1).mean(1)                 # (B_local,)
     loss = per_sample.sum() * (dist.world_size() / b)
@@ -165,38 +166,43 @@ class DDPMModel(GenerativeModel):
                  num_classes: Optional[int] = None, use_labels: bool = True,
                  sample_steps: int = 50, ddim_eta: float = 0.0, sample_batch_size: int = 1000,
                  clip_denoised: bool = True, precision: str = "auto") -> None:
-        self.timesteps, self.sample_steps = int(timesteps), int(sample_steps)
-        if self.timesteps < 1 or not 1 <= self.sample_steps <= self.timesteps:
+        m = "DDPM"
+        self.timesteps = check_int(m, "timesteps", timesteps)
+        self.sample_steps = check_int(m, "sample_steps", sample_steps)
+        if self.sample_steps > self.timesteps:
             raise LoopError(f"DDPM timesteps={timesteps}, sample_steps={sample_steps}",
                             "set model.timesteps >= 1 and 1 <= model.sample_steps <= timesteps")
-        if not 0.0 <= float(label_dropout) < 1.0:
-            raise LoopError(f"label_dropout={label_dropout} is outside [0, 1)",
-                            "set model.label_dropout to e.g. 0.1")
-        if precision not in ("auto", "bf16", "fp32"):
-            raise LoopError(f"unknown precision {precision!r}",
-                            "set model.precision to auto, bf16 or fp32")
-        if int(batch_size) < 1 or int(train_steps) < 1 or int(sample_batch_size) < 1:
-            raise LoopError("DDPM batch_size, train_steps and sample_batch_size must be >= 1",
-                            "raise model.batch_size / model.train_steps / model.sample_batch_size")
+        self.label_dropout = check_float(m, "label_dropout", label_dropout, ge=0, lt=1)
+        self.precision = check_choice(m, "precision", precision, PRECISIONS)
+        self.train_steps, self.batch_size, self.sample_batch_size = (
+            check_int(m, "train_steps", train_steps), check_int(m, "batch_size", batch_size),
+            check_int(m, "sample_batch_size", sample_batch_size))
+        beta_start = check_float(m, "beta_start", beta_start, gt=0, lt=1)
+        beta_end = check_float(m, "beta_end", beta_end, gt=0, lt=1)
         self.betas = make_betas(self.timesteps, beta_schedule, beta_start, beta_end)
         ab_last = float(self.alphas_cumprod[-1])
         if ab_last > 0.05:          # x_T keeps √ᾱ_T of the image: sampling from N(0, I) misfits
             raise LoopError(f"DDPM schedule ends at ᾱ_T={ab_last:.3f}: x_T is far from N(0, I)",
                             "raise model.beta_end or model.timesteps, or use beta_schedule=cosine "
                             "(linear 1e-4..0.02 suits T >= 300; below, scale both ends by 500/T)")
-        self.arch = {"base_channels": int(base_channels), "num_res_blocks": int(num_res_blocks),
-                     "attn_resolution": int(attn_resolution), "groups": int(groups),
-                     "patch_size": int(patch_size)}
-        self.channel_mult = tuple(int(m) for m in channel_mult)
-        self.dropout = float(dropout)
-        self.train_steps, self.epochs, self.batch_size = int(train_steps), epochs, int(batch_size)
-        self.lr, self.weight_decay = float(lr), float(weight_decay)
-        self.warmup_steps = int(warmup_steps)
-        self.grad_clip, self.ema_decay = float(grad_clip), float(ema_decay)
-        self.label_dropout, self.use_labels = float(label_dropout), bool(use_labels)
-        self.num_classes_cfg = None if num_classes is None else int(num_classes)
-        self.ddim_eta, self.sample_batch_size = float(ddim_eta), int(sample_batch_size)
-        self.clip_denoised, self.precision = bool(clip_denoised), precision
+        self.arch = {"base_channels": check_int(m, "base_channels", base_channels),
+                     "num_res_blocks": check_int(m, "num_res_blocks", num_res_blocks, 0),
+                     "attn_resolution": check_int(m, "attn_resolution", attn_resolution, 0),
+                     "groups": check_int(m, "groups", groups),
+                     "patch_size": check_int(m, "patch_size", patch_size)}
+        self.channel_mult = tuple(check_int(m, "channel_mult", v) for v in channel_mult)
+        self.dropout = check_float(m, "dropout", dropout, ge=0, lt=1)
+        self.epochs = None if epochs is None else check_float(m, "epochs", epochs, ge=0)
+        self.lr = check_float(m, "lr", lr, gt=0)
+        self.weight_decay = check_float(m, "weight_decay", weight_decay, ge=0)
+        self.warmup_steps = check_int(m, "warmup_steps", warmup_steps, 0)
+        self.grad_clip = check_float(m, "grad_clip", grad_clip, ge=0)
+        self.ema_decay = check_float(m, "ema_decay", ema_decay, ge=0, lt=1)
+        self.use_labels = check_bool(m, "use_labels", use_labels)
+        self.num_classes_cfg = (None if num_classes is None
+                                else check_int(m, "num_classes", num_classes, 0))
+        self.ddim_eta = check_float(m, "ddim_eta", ddim_eta, ge=0)
+        self.clip_denoised = check_bool(m, "clip_denoised", clip_denoised)
         self.net: Optional[UNet] = None                  # the EMA network, set by fit / load
         self.shape: Optional[tuple[int, int, int]] = None
         self.num_classes = 0
@@ -213,9 +219,6 @@ class DDPMModel(GenerativeModel):
                     num_classes=num_classes, dropout=self.dropout, image_size=self.shape[1:],
                     **self.arch)
 
-    def _amp_dtype(self, device: torch.device) -> Optional[torch.dtype]:
-        return torch.bfloat16 if device.type == "cuda" and self.precision != "fp32" else None
-
     def fit(self, x: torch.Tensor, generator: torch.Generator,
             progress: Optional[ProgressFn] = None,
             labels: Optional[torch.Tensor] = None) -> dict[str, float]:
@@ -227,7 +230,7 @@ class DDPMModel(GenerativeModel):
         if not bool(torch.isfinite(x).all()):
             raise LoopError("DDPMModel got non-finite (NaN/inf) training data",
                             "check the data source or the previous generation's samples")
-        n, device, gdev, p = x.shape[0], x.device, generator.device, self.arch["patch_size"]
+        n, device, p = x.shape[0], x.device, self.arch["patch_size"]
         if x.shape[2] % p or x.shape[3] % p:
             raise LoopError(f"model.patch_size={p} does not divide the image size "
                             f"{tuple(x.shape[2:])}", "set model.patch_size to 1 or a divisor")
@@ -240,10 +243,7 @@ class DDPMModel(GenerativeModel):
         self.shape, self.num_classes = tuple(int(s) for s in x.shape[1:]), k
         steps = (math.ceil(float(self.epochs) * n / self.batch_size) if self.epochs
                  else self.train_steps)
-        seed = int(torch.randint(0, 2 ** 62, (1,), generator=generator, device=gdev))
-        cuda = [device] if device.type == "cuda" else []
-        with torch.random.fork_rng(devices=cuda, device_type="cuda"):
-            torch.manual_seed(seed)                       # init (on CPU, then moved) and dropout
+        with seeded(generator, device):                   # init (on CPU, then moved) and dropout
             net = self._build(k).to(device)
             losses, images_per_s = self._train(net, x.float() * 2 - 1, y, steps, generator,
                                                progress)
@@ -272,21 +272,17 @@ class DDPMModel(GenerativeModel):
         """``steps`` optimiser steps on x0 (N, C, H, W) in [−1, 1]; sets ``self.net`` to the EMA
         net; returns the per-step losses (steps,) and the global training images/s."""
         device, gdev, n, b = x0.device, g.device, x0.shape[0], self.batch_size
-        ema = copy.deepcopy(net).requires_grad_(False).eval()
-        model = dist.wrap(net)
-        model.train()
+        ema = EMA(net, self.ema_decay)
+        model = wrap_ddp(net)
         opt = torch.optim.AdamW(net.parameters(), lr=self.lr, weight_decay=self.weight_decay,
                                 fused=device.type == "cuda")
         ab = self.alphas_cumprod.float().to(device)
-        amp = self._amp_dtype(device)
-        params, ema_params = list(net.parameters()), list(ema.parameters())
+        amp = autocast_dtype(device, self.precision)
         losses = torch.empty(steps, device=device)
-        order = torch.empty(0, dtype=torch.long, device=gdev)
+        order = ShuffledIndices(n, g, device)
         t0 = time.perf_counter()
         for step in range(steps):
-            while order.numel() < b:                       # epochs of shuffled indices
-                order = torch.cat([order, torch.randperm(n, generator=g, device=gdev)])
-            idx, order = order[:b].to(device), order[b:]
+            idx = order.next(b)
             t = torch.randint(0, self.timesteps, (b,), generator=g, device=gdev).to(device)
             noise = torch.randn((b, *self.shape), generator=g, device=gdev).to(device)
             drop = None
@@ -297,13 +293,12 @@ class DDPMModel(GenerativeModel):
             losses[step] = ddpm_train_step(model, opt, x0[idx], None if y is None else y[idx], t,
                                            noise, drop, ab, null_class=self.num_classes,
                                            amp_dtype=amp, grad_clip=self.grad_clip)
-            decay = min(self.ema_decay, (1 + step) / (10 + step))
-            torch._foreach_lerp_(ema_params, [p.detach() for p in params], 1 - decay)
+            ema.update(step)
             if progress is not None:
                 progress(step + 1, steps)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        self.net = ema
+        self.net = ema.module
         return losses, steps * b / max(time.perf_counter() - t0, 1e-9)
 
     # -- sampling ------------------------------------------------------------------------------
@@ -314,14 +309,11 @@ class DDPMModel(GenerativeModel):
 
         Conditional models use ``labels`` int64 (n,) or draw them uniformly from ``generator``.
         """
-        self._require_fitted()
-        bias = check_bias(bias)
+        bias, device, gdev = begin_sampling(self, self.net, bias, generator)
         if not self.conditional and bias != 1.0:
             raise LoopError(f"sampling bias λ={bias} needs classifier-free guidance, which needs "
                             "class labels; the DDPM was fitted on data without labels",
                             "set loop.bias=1 or use labelled data")
-        device = next(self.net.parameters()).device
-        gdev = generator.device if generator is not None else device
         n, w, k = int(n), 1.0 / bias - 1.0, self.num_classes
         if self.conditional:
             if labels is None:
@@ -331,11 +323,9 @@ class DDPMModel(GenerativeModel):
                                 "pass one class index per sample")
             labels = labels.to(device=device, dtype=torch.long)
         ts, ab = ddim_timesteps(self.timesteps, self.sample_steps).tolist(), self.alphas_cumprod
-        amp = self._amp_dtype(device)
-        ctx = torch.autocast(device.type, dtype=amp) if amp else nullcontext()
+        ctx = autocast(device, autocast_dtype(device, self.precision))
         chunks = []
-        for start in range(0, n, self.sample_batch_size):
-            m = min(self.sample_batch_size, n - start)
+        for start, m in chunk_spans(n, self.sample_batch_size):
             rows = dist.shard(m)
             x = torch.randn((m, *self.shape), generator=generator, device=gdev).to(device)[rows]
             y = labels[start:start + m][rows] if self.conditional else None
@@ -359,8 +349,7 @@ class DDPMModel(GenerativeModel):
     # -- state ---------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, torch.Tensor]:
         """EMA weights under ``net.``, β schedule (float64), image shape, classes, UNet shape."""
-        self._require_fitted()
-        state = {f"net.{k}": v.detach().clone() for k, v in self.net.state_dict().items()}
+        state = module_state(require_fitted(self, self.net), "net")
         state.update({"betas": self.betas.clone(),
                       "image_shape": torch.tensor(self.shape, dtype=torch.int64),
                       "num_classes": torch.tensor(self.num_classes, dtype=torch.int64),
@@ -380,11 +369,4 @@ class DDPMModel(GenerativeModel):
         self.channel_mult = tuple(int(m) for m in state["channel_mult"].tolist())
         self.dropout = float(state["dropout"])
         self.arch = {k: int(state[k]) for k in _ARCH}
-        weights = {k[4:]: v for k, v in state.items() if k.startswith("net.")}
-        net = self._build(self.num_classes)
-        net.load_state_dict(weights)
-        self.net = net.to(next(iter(weights.values())).device).requires_grad_(False).eval()
-
-    def _require_fitted(self) -> None:
-        if self.net is None:
-            raise LoopError("DDPMModel is not fitted", "call fit() or load_state_dict() first")
+        self.net = load_module(self._build(self.num_classes), state, "net")

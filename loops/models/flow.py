@@ -31,8 +31,10 @@ from typing import Optional
 import torch
 from torch import nn
 
-from ..errors import LoopError, check_bias, check_int
+from ..errors import LoopError
 from .base import GenerativeModel, ProgressFn
+from .training import (ShuffledIndices, begin_sampling, check_choice, check_float, check_int,
+                       freeze, load_module, map_chunks, module_state, require_fitted, seeded)
 
 _LOG_2PI = math.log(2 * math.pi)
 _CHECK_EVERY = 50        # steps between finiteness checks of the loss (each one syncs a GPU)
@@ -42,16 +44,6 @@ _ARCH = ("dim", "n_layers", "hidden", "depth")
 def standard_normal_log_prob(z: torch.Tensor) -> torch.Tensor:
     """log N(z; 0, I) in nats, (N,) for z (N, D)."""
     return -0.5 * (z * z).sum(-1) - 0.5 * z.shape[-1] * _LOG_2PI
-
-
-def _float_setting(key: str, value, zero_ok: bool = False) -> float:
-    """``value`` as a finite float > 0 (>= 0 when ``zero_ok``), else a LoopError."""
-    bound = ">= 0" if zero_ok else "> 0"
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if not ok or not math.isfinite(value) or value < 0 or (value == 0 and not zero_ok):
-        raise LoopError(f"flow {key}={value!r} must be a finite number {bound}",
-                        f"set model.{key} to a finite number {bound}")
-    return float(value)
 
 
 class ActNorm(nn.Module):
@@ -178,12 +170,11 @@ class FlowModel(GenerativeModel):
         steps = check_int("flow", "steps", steps)
         batch_size = check_int("flow", "batch_size", batch_size, 2)
         sample_batch_size = check_int("flow", "sample_batch_size", sample_batch_size)
-        scale_max, lr = _float_setting("scale_max", scale_max), _float_setting("lr", lr)
-        weight_decay = _float_setting("weight_decay", weight_decay, zero_ok=True)
-        grad_clip = _float_setting("grad_clip", grad_clip, zero_ok=True)
-        if schedule not in ("cosine", "constant"):
-            raise LoopError(f"unknown flow schedule {schedule!r}",
-                            "set model.schedule to cosine or constant")
+        scale_max = check_float("flow", "scale_max", scale_max, gt=0)
+        lr = check_float("flow", "lr", lr, gt=0)
+        weight_decay = check_float("flow", "weight_decay", weight_decay, ge=0)
+        grad_clip = check_float("flow", "grad_clip", grad_clip, ge=0)
+        schedule = check_choice("flow", "schedule", schedule, ("cosine", "constant"))
         self.arch = {"dim": 0, "n_layers": n_layers, "hidden": hidden, "depth": depth}
         self.scale_max, self.steps, self.batch_size = scale_max, steps, batch_size
         self.lr, self.weight_decay, self.grad_clip = lr, weight_decay, grad_clip
@@ -243,19 +234,16 @@ class FlowModel(GenerativeModel):
         mean, std = xd.mean(0), xd.std(0, correction=0)
         self._check_values(std)
         self._mean, self._std = mean, std
-        device, gdev = x.device, generator.device
+        device = x.device
         self._dtype = x.dtype
         self.arch["dim"] = int(x.shape[1])
-        seed = int(torch.randint(0, 2 ** 62, (1,), generator=generator, device=gdev))
-        cuda = [device] if device.type == "cuda" else []
-        with torch.random.fork_rng(devices=cuda, device_type="cuda"):
-            torch.manual_seed(seed)                 # initial weights, built on the CPU
+        with seeded(generator, device):             # initial weights, built on the CPU
             self.flow = self._build().to(device)
         u = self._standardise(x)
         self.flow.initialize(u)
         nll_first = self.nll(x)
         self.loss_curve = self._train(u, generator, progress).cpu()
-        self.flow.requires_grad_(False).eval()
+        freeze(self.flow)
         nll = self.nll(x)
         if not math.isfinite(nll):
             raise LoopError(f"flow training diverged (final NLL {nll})", self._diverged_fix())
@@ -285,19 +273,16 @@ class FlowModel(GenerativeModel):
                progress: Optional[ProgressFn]) -> torch.Tensor:
         """``steps`` AdamW steps on mini-batches of the standardised data u (N, D); returns the
         per-step mini-batch NLL (steps,) on the standardised scale."""
-        flow, device, gdev, n = self.flow, u.device, g.device, u.shape[0]
+        flow, device, n = self.flow, u.device, u.shape[0]
         b = min(self.batch_size, n)
         opt = torch.optim.AdamW(flow.parameters(), lr=self.lr, weight_decay=self.weight_decay,
                                 fused=True)
         sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, self.steps)
                  if self.schedule == "cosine" else None)
         losses = torch.empty(self.steps, device=device)
-        order = torch.empty(0, dtype=torch.long, device=gdev)
+        order = ShuffledIndices(n, g, device)
         for step in range(self.steps):
-            while order.numel() < b:                       # epochs of shuffled indices
-                order = torch.cat([order, torch.randperm(n, generator=g, device=gdev)])
-            idx, order = order[:b].to(device), order[b:]
-            z, logdet = flow(u[idx])
+            z, logdet = flow(u[order.next(b)])
             loss = -(standard_normal_log_prob(z) + logdet).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -330,23 +315,17 @@ class FlowModel(GenerativeModel):
                generator: Optional[torch.Generator] = None,
                labels: Optional[torch.Tensor] = None) -> torch.Tensor:
         """n samples (n, D) = f⁻¹(z), z ~ N(0, λI), in the dtype of the data last fitted."""
-        self._require_fitted()
-        lam = check_bias(bias)
-        device = self._mean.device
-        gdev = generator.device if generator is not None else device
+        lam, device, gdev = begin_sampling(self, self.flow, bias, generator)
         z = torch.randn((int(n), self.arch["dim"]), generator=generator, device=gdev,
                         dtype=self._flow_dtype()).to(device)
         z = z * math.sqrt(lam)
-        chunks = [self.inverse(c) for c in z.split(self.sample_batch_size)]
-        out = torch.cat(chunks) if chunks else z
-        return out.to(self._dtype)
+        return map_chunks(self.inverse, z, self.sample_batch_size).to(self._dtype)
 
     # -- state ----------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Flow weights under ``flow.``, ``mean`` / ``std`` (D,) float64, the architecture
         (``dim``, ``n_layers``, ``hidden``, ``depth`` int64) and ``scale_max`` (float64)."""
-        self._require_fitted()
-        state = {f"flow.{k}": v.detach().clone() for k, v in self.flow.state_dict().items()}
+        state = module_state(require_fitted(self, self.flow), "flow")
         state.update({"mean": self._mean.clone(), "std": self._std.clone(),
                       "scale_max": torch.tensor(self.scale_max, dtype=torch.float64)})
         state.update({k: torch.tensor(v, dtype=torch.int64) for k, v in self.arch.items()})
@@ -361,14 +340,10 @@ class FlowModel(GenerativeModel):
             raise LoopError(f"FlowModel state lacks {missing}", "load a state saved by FlowModel")
         self.arch = {k: int(state[k]) for k in _ARCH}
         self.scale_max = float(state["scale_max"])
-        weights = {k[5:]: v for k, v in state.items() if k.startswith("flow.")}
-        flow = self._build()
-        flow.load_state_dict(weights)
         device = state["mean"].device
-        self.flow = flow.to(device).requires_grad_(False).eval()
+        self.flow = load_module(self._build(), state, "flow", device)
         self._mean = state["mean"].to(torch.float64)
         self._std = state["std"].to(device=device, dtype=torch.float64)
 
     def _require_fitted(self) -> None:
-        if self.flow is None:
-            raise LoopError("FlowModel is not fitted", "call fit() or load_state_dict() first")
+        require_fitted(self, self.flow)

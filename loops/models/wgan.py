@@ -29,15 +29,16 @@ Every random draw (initial weights, batch order, latents, ε) comes from the ``g
 """
 from __future__ import annotations
 
-import copy
 import math
 from typing import Optional
 
 import torch
 from torch import nn
 
-from ..errors import LoopError, check_bias, check_int
+from ..errors import LoopError
 from .base import GenerativeModel, ProgressFn
+from .training import (EMA, ShuffledIndices, begin_sampling, check_float, check_int, freeze,
+                       load_module, map_chunks, module_state, require_fitted, seeded)
 
 #: generator steps between two checks that the losses are finite (each check syncs a GPU)
 _CHECK_EVERY = 100
@@ -131,15 +132,6 @@ def generator_step(gen: nn.Module, critic: nn.Module, opt: torch.optim.Optimizer
     return loss.detach()
 
 
-def _unit(key: str, value) -> float:
-    """``value`` as a float in [0, 1), or a LoopError naming ``model.<key>``."""
-    if not 0.0 <= float(value) < 1.0:
-        raise LoopError(f"WGAN-GP {key}={value} is outside [0, 1)",
-                        f"set model.{key} in [0, 1) (defaults: beta1 0, beta2 0.9, "
-                        "ema_decay 0.999)")
-    return float(value)
-
-
 class WGANGPModel(GenerativeModel):
     """Unconditional WGAN-GP on images (N, C, H, W) in [0, 1], H = W divisible by 4.
 
@@ -170,15 +162,11 @@ class WGANGPModel(GenerativeModel):
         self.n_critic = check_int("WGAN-GP", "n_critic", n_critic)
         self.batch_size = check_int("WGAN-GP", "batch_size", batch_size)
         self.sample_batch_size = check_int("WGAN-GP", "sample_batch_size", sample_batch_size)
-        self.lr, self.gp_weight = float(lr), float(gp_weight)
-        if not (math.isfinite(self.lr) and self.lr > 0):
-            raise LoopError(f"WGAN-GP lr={lr} is not a positive number",
-                            "set model.lr to e.g. 1e-4")
-        if not (math.isfinite(self.gp_weight) and self.gp_weight >= 0):
-            raise LoopError(f"WGAN-GP gp_weight={gp_weight} is negative or not finite",
-                            "set model.gp_weight to e.g. 10")
-        self.betas = (_unit("beta1", beta1), _unit("beta2", beta2))
-        self.ema_decay = _unit("ema_decay", ema_decay)
+        self.lr = check_float("WGAN-GP", "lr", lr, gt=0)
+        self.gp_weight = check_float("WGAN-GP", "gp_weight", gp_weight, ge=0)
+        self.betas = (check_float("WGAN-GP", "beta1", beta1, ge=0, lt=1),
+                      check_float("WGAN-GP", "beta2", beta2, ge=0, lt=1))
+        self.ema_decay = check_float("WGAN-GP", "ema_decay", ema_decay, ge=0, lt=1)
         self.net: Optional[WGANGenerator] = None       # the sampling generator, set by fit / load
         self.shape: Optional[tuple[int, int, int]] = None
         self.curves: Optional[torch.Tensor] = None     # (steps, 4) per generator step, CPU
@@ -201,11 +189,8 @@ class WGANGPModel(GenerativeModel):
             raise LoopError("WGANGPModel got no images or non-finite (NaN/inf) ones",
                             "check the data source or the previous generation's samples")
         self.shape = check_image_shape(tuple(x.shape[1:]))
-        device, gdev = x.device, generator.device
-        seed = int(torch.randint(0, 2 ** 62, (1,), generator=generator, device=gdev))
-        cuda = [device] if device.type == "cuda" else []
-        with torch.random.fork_rng(devices=cuda, device_type="cuda"):
-            torch.manual_seed(seed)                       # initial weights (on CPU, then moved)
+        device = x.device
+        with seeded(generator, device):                   # initial weights (on CPU, then moved)
             gen = WGANGenerator(self.latent_dim, self.width, self.shape).to(device)
             critic = WGANCritic(self.width, self.shape).to(device)
         curves = self._train(gen, critic, x.float(), generator, progress)
@@ -223,16 +208,12 @@ class WGANGPModel(GenerativeModel):
         fused = device.type == "cuda"
         opt_g = torch.optim.Adam(gen.parameters(), self.lr, betas=self.betas, fused=fused)
         opt_d = torch.optim.Adam(critic.parameters(), self.lr, betas=self.betas, fused=fused)
-        ema = copy.deepcopy(gen).requires_grad_(False).eval() if self.ema_decay > 0 else None
-        params = list(gen.parameters())
-        ema_params = list(ema.parameters()) if ema is not None else []
+        ema = EMA(gen, self.ema_decay) if self.ema_decay > 0 else None
         curves = torch.empty(self.steps, 4, device=device)
-        order = torch.empty(0, dtype=torch.long, device=gdev)
+        order = ShuffledIndices(n, g, device)
         for step in range(self.steps):
             for _ in range(self.n_critic):
-                while order.numel() < b:                   # epochs of shuffled indices
-                    order = torch.cat([order, torch.randperm(n, generator=g, device=gdev)])
-                idx, order = order[:b].to(device), order[b:]
+                idx = order.next(b)
                 z = torch.randn((b, self.latent_dim), generator=g, device=gdev).to(device)
                 eps = torch.rand(b, generator=g, device=gdev).to(device)
                 with torch.no_grad():
@@ -241,13 +222,12 @@ class WGANGPModel(GenerativeModel):
             z = torch.randn((b, self.latent_dim), generator=g, device=gdev).to(device)
             curves[step, 3] = generator_step(gen, critic, opt_g, z)
             if ema is not None:
-                decay = min(self.ema_decay, (1 + step) / (10 + step))
-                torch._foreach_lerp_(ema_params, [p.detach() for p in params], 1 - decay)
+                ema.update(step)
             if (step + 1) % _CHECK_EVERY == 0 or step + 1 == self.steps:
                 self._check_finite(curves[max(0, step + 1 - _CHECK_EVERY):step + 1], step + 1)
             if progress is not None:
                 progress(step + 1, self.steps)
-        self.net = (ema if ema is not None else gen).requires_grad_(False).eval()
+        self.net = freeze(ema.module if ema is not None else gen)
         return curves
 
     def _check_finite(self, recent: torch.Tensor, step: int) -> None:
@@ -264,20 +244,15 @@ class WGANGPModel(GenerativeModel):
         All n latents are drawn at once (so the samples do not depend on ``sample_batch_size``),
         then passed through the generator ``sample_batch_size`` rows at a time. ``labels`` are
         ignored (unconditional)."""
-        self._require_fitted()
-        bias = check_bias(bias)
-        device = next(self.net.parameters()).device
-        gdev = generator.device if generator is not None else device
+        bias, device, gdev = begin_sampling(self, self.net, bias, generator)
         z = torch.randn((int(n), self.latent_dim), generator=generator, device=gdev).to(device)
-        chunks = [self.net(bias * zc) for zc in z.split(self.sample_batch_size)]
-        return torch.cat(chunks) if chunks else torch.empty((0, *self.shape), device=device)
+        return map_chunks(lambda zc: self.net(bias * zc), z, self.sample_batch_size)
 
     # -- state ---------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Sampling generator weights under ``net.``, image shape (3,), latent_dim and width
         (int64 scalars); the critic is not kept."""
-        self._require_fitted()
-        state = {f"net.{k}": v.detach().clone() for k, v in self.net.state_dict().items()}
+        state = module_state(require_fitted(self, self.net), "net")
         state.update({"image_shape": torch.tensor(self.shape, dtype=torch.int64),
                       "latent_dim": torch.tensor(self.latent_dim, dtype=torch.int64),
                       "width": torch.tensor(self.width, dtype=torch.int64)})
@@ -288,12 +263,5 @@ class WGANGPModel(GenerativeModel):
         the saved latent_dim and width override this instance's."""
         self.shape = tuple(int(s) for s in state["image_shape"].tolist())
         self.latent_dim, self.width = int(state["latent_dim"]), int(state["width"])
-        weights = {k[4:]: v for k, v in state.items() if k.startswith("net.")}
-        net = WGANGenerator(self.latent_dim, self.width, self.shape)
-        net.load_state_dict(weights)
-        device = next(iter(weights.values())).device
-        self.net = net.to(device).requires_grad_(False).eval()
-
-    def _require_fitted(self) -> None:
-        if self.net is None:
-            raise LoopError("WGANGPModel is not fitted", "call fit() or load_state_dict() first")
+        self.net = load_module(WGANGenerator(self.latent_dim, self.width, self.shape), state,
+                               "net")
