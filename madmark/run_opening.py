@@ -123,11 +123,15 @@ def agree(open_run: Callable[[DictConfig], tuple[RunDir, DictConfig, bool, Any]]
     return RunDir(path), (OmegaConf.create(recorded) if resumed else cfg), resumed, extra
 
 
-def agree_on_run(cfg: DictConfig) -> tuple[RunDir, DictConfig, bool, bool]:
+def agree_on_run(cfg: DictConfig, check: Optional[Callable[[DictConfig], Any]] = None
+                 ) -> tuple[RunDir, DictConfig, bool, bool]:
     """:func:`open_run` agreed across ranks (:func:`agree`), with whether the run is already
-    complete."""
+    complete. ``check(run_config)`` runs on rank 0 before anything is written (its MadmarkError
+    is raised on every rank)."""
     def opened(cfg: DictConfig):
         run, run_cfg, resumed = open_run(cfg)
+        if check is not None:
+            check(run_cfg)
         return run, run_cfg, resumed, run.read_status().get("state") == "complete"
 
     return agree(opened, cfg)

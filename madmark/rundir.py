@@ -6,6 +6,7 @@
     <run_dir>/state/g<t>.pt    checkpoint per finished generation (loops.checkpoint)
     <run_dir>/results.csv      one row per finished generation
     <run_dir>/samples/g<t>.png sample grid per generation (image data)
+    <run_dir>/tracking.json    with logger=tensorboard|mlflow: what was logged where (madmark.tracking)
 """
 from __future__ import annotations
 
@@ -111,6 +112,9 @@ class RunDir:
     def write_results(self, rows: list[dict[str, Any]]) -> None:
         atomic_write_text(self.path / "results.csv", rows_to_csv(rows))
 
+    def grid_path(self, t: int) -> Path:
+        return self.path / "samples" / f"g{t:04d}.png"
+
     def save_grid(self, t: int, images: torch.Tensor, n: int = 64) -> Path:
         """Save the first ``n`` images (N, C, H, W) in [0, 1] as ``samples/g<t>.png``."""
         from PIL import Image
@@ -122,6 +126,6 @@ class RunDir:
         image = Image.fromarray(array[..., 0] if array.shape[2] == 1 else array)
         buffer = io.BytesIO()
         image.save(buffer, format="PNG")
-        path = self.path / "samples" / f"g{t:04d}.png"
+        path = self.grid_path(t)
         atomic_write_bytes(path, buffer.getvalue())
         return path

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from contextlib import nullcontext
 
 import torch
 from hydra.utils import instantiate
@@ -31,6 +32,7 @@ from madmark.metrics import GenerationMetrics, make_extractor
 from madmark.report import CONSOLE_TABLE, SETTINGS, WATERMARK_SETTINGS, write_report
 from madmark.rundir import RunDir, environment
 from madmark.run_opening import agree_on_run, backend, torchrun_args
+from madmark.tracking import logger_config, open_tracking
 from madmark.watermarking import RunWatermark, build_run_watermark
 
 
@@ -75,7 +77,7 @@ def run_loop(cfg: DictConfig) -> list[dict]:
 
 
 def _run_loop(cfg: DictConfig) -> list[dict]:
-    run, cfg, resumed, complete = agree_on_run(cfg)
+    run, cfg, resumed, complete = agree_on_run(cfg, check=logger_config)   # logger installed?
     device = resolve_device(cfg.device)
     rank0 = dist.is_main()
     if rank0:
@@ -169,21 +171,29 @@ def _run(cfg: DictConfig, run: RunDir, device: torch.device) -> list[dict]:
             return
         if splits.kind == "image" and cfg.samples_grid > 0:
             run.save_grid(t, samples, n=int(cfg.samples_grid))
-        run.write_results(with_growth(rows))
+        rows = with_growth(rows)
+        run.write_results(rows)
         run.write_status("running", generations_done=t, generations=settings.generations)
         write_report(run.path)
+        if tracking is not None:
+            tracking.log_generations(rows)
 
     engine.hooks.append(save)
     if rank0:
         run.write_status("running", generations_done=len(run.checkpoints.finished()),
                          generations=settings.generations)
-    rows = with_growth(engine.run())
-    progress.close()
-    if not rank0:
-        return rows
-    run.write_results(rows)
-    run.write_status("complete", generations_done=len(rows), generations=settings.generations)
-    write_report(run.path)
+    tracking = open_tracking(cfg, run) if rank0 else None      # None: logger=none
+    with tracking or nullcontext():
+        rows = with_growth(engine.run())
+        progress.close()
+        if not rank0:
+            return rows
+        run.write_results(rows)
+        run.write_status("complete", generations_done=len(rows), generations=settings.generations)
+        write_report(run.path)
+        if tracking is not None:
+            tracking.log_generations(rows)       # any a killed process checkpointed, unlogged
+            tracking.log_plots()
     print(format_table(rows, CONSOLE_TABLE, SETTINGS + WATERMARK_SETTINGS))
     print(f"\nrun directory: {run.path}")
     return rows
