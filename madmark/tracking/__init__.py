@@ -23,7 +23,7 @@ from typing import Any
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from loops.checkpoint import atomic_write_text
+from madcore.files import atomic_write_text
 from madmark.rundir import RunDir
 from madmark.tracking.base import Logger, LoggerConfig
 

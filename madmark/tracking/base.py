@@ -2,7 +2,7 @@
 a config are cut into what loggers take.
 
 A logger's config is a dataclass built by Hydra from the group's ``_target_``; its ``check()``
-raises :class:`~madmark.errors.MadmarkError` when the backend's package is missing (cheap: no
+raises :class:`~madcore.errors.MadmarkError` when the backend's package is missing (cheap: no
 import), and ``open(run_dir, experiment, record)`` starts or continues the log of one run
 (``record``: the run's ``tracking.json``, empty for a new run).
 """
@@ -14,7 +14,7 @@ import numbers
 from pathlib import Path
 from typing import Any, Protocol
 
-from madmark.errors import MadmarkError
+from madcore.errors import MadmarkError
 
 #: the pip extra that installs every logger's package
 EXTRA = "pip install 'madmark[tracking]'"

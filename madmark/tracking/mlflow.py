@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from madmark.errors import MadmarkError
+from madcore.errors import MadmarkError
 from madmark.tracking.base import flatten, require, split_row
 
 #: MLflow's limit on params per log_batch call
