@@ -13,7 +13,7 @@ from madmark.methods import build_method
 from watermark import BaselineUnavailableError, SecretKey
 
 NAMES = sorted(p.stem for p in (Path(configs.__file__).parent / "watermark").glob("*.yaml")
-               if p.stem != "none")
+               if p.stem not in ("none", "base"))
 
 
 @pytest.fixture(scope="module")
@@ -39,3 +39,8 @@ def test_watermark_config_builds_a_working_method(name, images):
     message = torch.randint(0, 2, (len(x), method.num_bits), generator=torch.Generator().manual_seed(0))
     accuracy = (method.decode_bits(method.embed(x, message.float())) == message).float().mean()
     assert accuracy >= 0.75, (name, float(accuracy))
+
+
+def test_watermark_base_alone_names_no_method(cli):
+    code, _, err = cli("run", "watermark=base", "data=mnist5k", "progress=false")
+    assert code == 2 and "watermark.method" in err and "Traceback" not in err
