@@ -27,11 +27,11 @@ from .detector import (Calibration, DetectionResult, Detector, binomial_p_value,
                        poisson_binomial_sf)
 from .keys import SecretKey
 from .spread_spectrum import SpreadSpectrum
-from .train import train_watermarker
+from .train import TrainerConfig, train_watermarker
 
 __all__ = [
     "Embedder", "Extractor", "LearnedWatermarker", "load", "load_card", "read_card", "save_card",
-    "train_watermarker",
+    "TrainerConfig", "train_watermarker",
     "ATTACKS", "ATTACK_GRID", "AttackLayer", "BaselineUnavailableError", "Calibration", "DEFAULT_RANGES",
     "DetectionResult", "Detector", "DwtDct", "DwtDctSvd", "RivaGAN", "SecretKey", "SpreadSpectrum",
     "UnsupportedImageError",

@@ -1,6 +1,6 @@
 """Training loop of `LearnedWatermarker`: embed -> random differentiable attacks -> decode.
 
-    model, log = train_watermarker(x_train, x_val, num_bits=32, work_size=28, alpha=0.05, steps=2000,
+    model, log = train_watermarker(x_train, x_val, TrainerConfig(num_bits=32, work_size=28, alpha=0.05),
                                    checkpoint_dir="runs/wm", resume=True)
 
 x_train, x_val: (N, C, H, W) float in [0, 1] on CPU (H = W = work_size is cheapest: the networks run at
@@ -43,7 +43,8 @@ import json
 import os
 import shutil
 import time
-from typing import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -177,41 +178,72 @@ def latest_checkpoint(ckpt_dir: str) -> str | None:
     return d if os.path.isdir(d) else None
 
 
-def train_watermarker(images_train: torch.Tensor, images_val: torch.Tensor, *, num_bits: int = 32,
-                      work_size: int = 64, alpha: float = 0.02, steps: int = 2000, batch_size: int = 32,
-                      lr: float = 1e-3, attack_names: Sequence[str] = ("jpeg", "blur", "noise", "resize"),
-                      seed: int = 0, device: str | torch.device = "cpu", checkpoint_dir: str | None = None,
-                      resume: bool = True, progress: bool | ProgressFn = False, width: int = 32,
-                      msg_dim: int = 32, pool: int | None = None, jnd: bool = False, max_chain: int = 1,
-                      alpha_boost: float = 4.0, warmup_frac: float = 0.3, ramp_frac: float = 0.3,
-                      quality_weight: float = 0.1, val_every: int = 250, checkpoint_every: int = 500,
-                      val_images: int = 256) -> tuple[LearnedWatermarker, list[dict]]:
+@dataclass
+class TrainerConfig:
+    """Everything `train_watermarker` learns with; the defaults here are the only ones (the
+    command's configs/trainer/*.yaml start from this schema and change what a card needs).
+
+    Model: num_bits K, work_size R (pixels of the working resolution), width (network channels),
+    msg_dim (message embedding size), pool (decoder pooling size; None = the model's choice), jnd
+    (perceptual mask). Curriculum (module docstring): alpha (target residual bound, [0, 1] pixel
+    units), alpha_boost, warmup_frac and ramp_frac (fractions of `steps`), quality_weight,
+    attack_names (AttackLayer attacks; "identity" is added) chained up to max_chain. Optimiser:
+    steps, batch_size (global), lr (Adam). Randomness: seed. Logging: val_every and
+    checkpoint_every (steps; 0 = off), val_images (validation images).
+    """
+
+    num_bits: int = 32
+    work_size: int = 64
+    alpha: float = 0.02
+    steps: int = 2000
+    batch_size: int = 32
+    lr: float = 1e-3
+    attack_names: list[str] = field(default_factory=lambda: ["jpeg", "blur", "noise", "resize"])
+    seed: int = 0
+    width: int = 32
+    msg_dim: int = 32
+    pool: Optional[int] = None
+    jnd: bool = False
+    max_chain: int = 1
+    alpha_boost: float = 4.0
+    warmup_frac: float = 0.3
+    ramp_frac: float = 0.3
+    quality_weight: float = 0.1
+    val_every: int = 250
+    checkpoint_every: int = 500
+    val_images: int = 256
+
+
+def train_watermarker(images_train: torch.Tensor, images_val: torch.Tensor,
+                      config: TrainerConfig | None = None, *, device: str | torch.device = "cpu",
+                      checkpoint_dir: str | None = None, resume: bool = True,
+                      progress: bool | ProgressFn = False,
+                      **settings) -> tuple[LearnedWatermarker, list[dict]]:
     """Train a LearnedWatermarker; returns (model in eval mode, metrics log). See the module docstring.
 
-    Args (beyond the model's): steps: optimiser steps in total (a resumed run continues to it);
-    attack_names: AttackLayer attacks of phases 2-3 ("identity" is added); progress: True for a tqdm
-    bar, or a callback progress(step, steps, info); val_every / checkpoint_every: 0 disables.
-    Under torchrun every process calls it with the same arguments (batch_size is the global batch)
-    and gets the same model and rank 0's log; only rank 0 writes to checkpoint_dir.
+    config: the settings (`TrainerConfig`); keyword `settings` replace single fields of it (or of
+    the defaults), e.g. ``train_watermarker(x, xv, num_bits=16, steps=100)``. progress: True for a
+    tqdm bar, or a callback progress(step, steps, info). Under torchrun every process calls it with
+    the same arguments (batch_size is the global batch) and gets the same model and rank 0's log;
+    only rank 0 writes to checkpoint_dir.
     """
+    c = replace(config or TrainerConfig(), **settings)
     channels = images_train.shape[1]
-    config = dict(num_bits=num_bits, work_size=work_size, alpha=alpha, steps=steps, batch_size=batch_size,
-                  lr=lr, attack_names=list(attack_names), seed=seed, width=width, msg_dim=msg_dim, pool=pool,
-                  jnd=jnd, max_chain=max_chain, alpha_boost=alpha_boost, warmup_frac=warmup_frac,
-                  ramp_frac=ramp_frac, quality_weight=quality_weight, n_train=int(images_train.shape[0]))
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = LearnedWatermarker(num_bits, work_size, alpha, channels, width, msg_dim, pool, jnd, device=device)
-    config["pool"] = model.pool
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    layer = AttackLayer(list(dict.fromkeys(["identity", *attack_names])), max_chain=max_chain, seed=seed)
-    warmup, ramp = int(round(warmup_frac * steps)), int(round(ramp_frac * steps))
-    x_val = images_val[:val_images]
+        torch.manual_seed(c.seed)
+        model = LearnedWatermarker(c.num_bits, c.work_size, c.alpha, channels, c.width, c.msg_dim,
+                                   c.pool, c.jnd, device=device)
+    config = {**asdict(replace(c, pool=model.pool)), "n_train": int(images_train.shape[0])}
+    opt = torch.optim.Adam(model.parameters(), lr=c.lr)
+    layer = AttackLayer(list(dict.fromkeys(["identity", *c.attack_names])), max_chain=c.max_chain,
+                        seed=c.seed)
+    warmup, ramp = int(round(c.warmup_frac * c.steps)), int(round(c.ramp_frac * c.steps))
+    x_val = images_val[:c.val_images]
     log: list[dict] = []
     world, start = dist.world_size(), 0
     main = dist.is_main()
-    if batch_size < world:
-        raise ValueError(f"batch_size {batch_size} < {world} processes: some would get no rows")
+    if c.batch_size < world:
+        raise ValueError(f"batch_size {c.batch_size} < {world} processes: some would get no rows")
     if checkpoint_dir:
         if main:
             os.makedirs(checkpoint_dir, exist_ok=True)
@@ -235,47 +267,49 @@ def train_watermarker(images_train: torch.Tensor, images_val: torch.Tensor, *, n
     bar = None
     if progress is True and main:
         from tqdm.auto import tqdm
-        bar = tqdm(total=steps, initial=start, desc="train watermarker")
+        bar = tqdm(total=c.steps, initial=start, desc="train watermarker")
     n, t0, running = images_train.shape[0], time.time(), {}
     if model.device.type == "cuda":      # one upload, not a host gather + copy of every batch
         images_train = images_train.to(model.device)
 
     def record(step: int, a_eff: float) -> None:
-        model.alpha = alpha     # validate at the target strength
+        model.alpha = c.alpha     # validate at the target strength
         row = {"step": step, "time_s": round(time.time() - t0, 2), "alpha_eff": a_eff, **running,
-               **evaluate(model, x_val, seed)}
+               **evaluate(model, x_val, c.seed)}
         log.append(row)
         if checkpoint_dir:
             with open(os.path.join(checkpoint_dir, "metrics.jsonl"), "a") as f:
                 f.write(json.dumps(row) + "\n")
 
-    a_eff = alpha
-    for step in range(start, steps):
-        a_eff, qw, attacks_on = _schedule(step, alpha, alpha_boost, warmup, ramp, quality_weight)
-        g = _gen(seed, step, 0)
-        idx = torch.randint(0, n, (batch_size,), generator=g)
-        m = torch.randint(0, 2, (batch_size, num_bits), generator=g).float()
+    a_eff = c.alpha
+    for step in range(start, c.steps):
+        a_eff, qw, attacks_on = _schedule(step, c.alpha, c.alpha_boost, warmup, ramp, c.quality_weight)
+        g = _gen(c.seed, step, 0)
+        idx = torch.randint(0, n, (c.batch_size,), generator=g)
+        m = torch.randint(0, 2, (c.batch_size, c.num_bits), generator=g).float()
         x = images_train[idx.to(images_train.device)]
         running = watermark_train_step(module, opt, x, m, alpha=a_eff, quality_weight=qw,
-                                       attack_seed=_seed(seed, step, 1) if attacks_on else None)
+                                       attack_seed=_seed(c.seed, step, 1) if attacks_on else None)
         done = step + 1
         if bar is not None:
             bar.update(1)
             bar.set_postfix(bit=f"{running['train_bit_acc']:.3f}", q=f"{running['q_loss']:.3f}")
         elif callable(progress) and main:
-            progress(done, steps, running)
-        if main and val_every and (done % val_every == 0) and done != steps:
+            progress(done, c.steps, running)
+        if main and c.val_every and (done % c.val_every == 0) and done != c.steps:
             record(done, a_eff)
-        if main and checkpoint_dir and checkpoint_every and done % checkpoint_every == 0 and done != steps:
-            model.alpha = alpha
-            _save_checkpoint(checkpoint_dir, done, model, opt, {"step": done, "seed": seed, "config": config})
+        if main and checkpoint_dir and c.checkpoint_every and done % c.checkpoint_every == 0 and done != c.steps:
+            model.alpha = c.alpha
+            _save_checkpoint(checkpoint_dir, done, model, opt,
+                             {"step": done, "seed": c.seed, "config": config})
     if bar is not None:
         bar.close()
-    if main and (start < steps or not log or log[-1]["step"] != steps):
-        record(steps, a_eff)
-    model.alpha = alpha
-    if main and checkpoint_dir and start < steps:
-        _save_checkpoint(checkpoint_dir, steps, model, opt, {"step": steps, "seed": seed, "config": config})
+    if main and (start < c.steps or not log or log[-1]["step"] != c.steps):
+        record(c.steps, a_eff)
+    model.alpha = c.alpha
+    if main and checkpoint_dir and start < c.steps:
+        _save_checkpoint(checkpoint_dir, c.steps, model, opt,
+                         {"step": c.steps, "seed": c.seed, "config": config})
     log = dist.broadcast_object(log)                       # rank 0's log, once it has written all
     model.train_config = config
     return model.eval(), log

@@ -8,7 +8,9 @@
 The run directory holds config.yaml, env.json, checkpoints/ (atomic, resumable), metrics.jsonl and
 the card ``<card_name>.yaml`` + ``.safetensors`` with its held-out metrics (clean bit accuracy,
 JPEG-50 bit accuracy, PSNR on the data source's reference split, never trained on), measured at the
-card's strength: ``card_alpha`` when set (a post-training operating point), else ``alpha``.
+card's strength: ``card_alpha`` when set (a post-training operating point), else
+``trainer.alpha``. Every training setting is under ``trainer.`` (configs/trainer/,
+:class:`watermark.train.TrainerConfig`), e.g. ``trainer.steps=500 trainer.quality_weight=0.2``.
 
 Under torchrun (docs/scaling.md) every rank trains (DDP, the global batch ``batch_size`` split
 across ranks); rank 0 picks the run directory and broadcasts it, and only rank 0 writes.
@@ -67,13 +69,10 @@ def _train(cfg: DictConfig) -> None:
         splits = instantiate(cfg.data).load()
     if splits.kind != "image":
         raise MadmarkError("train-watermark needs image data", "choose e.g. data=mnist5k or data=photos")
-    model, log = train_watermarker(
-        splits.train, splits.reference, num_bits=int(cfg.bits), work_size=int(cfg.work_size),
-        alpha=float(cfg.alpha), steps=int(cfg.steps), batch_size=int(cfg.batch_size),
-        lr=float(cfg.lr), attack_names=list(cfg.attacks), seed=int(cfg.seed), device=device,
-        checkpoint_dir=str(run.path / "checkpoints"), resume=True, progress=True,
-        width=int(cfg.width), jnd=bool(cfg.jnd), val_every=int(cfg.val_every),
-        checkpoint_every=int(cfg.checkpoint_every))
+    trainer = instantiate(cfg.trainer, _convert_="all")      # watermark.train.TrainerConfig
+    model, log = train_watermarker(splits.train, splits.reference, trainer, device=device,
+                                   checkpoint_dir=str(run.path / "checkpoints"), resume=True,
+                                   progress=True)
     if not dist.is_main():
         return
     if card_alpha is not None:

@@ -17,13 +17,13 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")     # 2 threads contend
 
 
 def test_train_watermark_card_round_trip(cli, tmp_path):
-    code, out, err = cli("train-watermark", "steps=30", "val_every=0", "checkpoint_every=15",
+    code, out, err = cli("train-watermark", "trainer.steps=30", "trainer.val_every=0", "trainer.checkpoint_every=15",
                          "eval_images=32", "card_name=tiny", f"out_dir={tmp_path / 'o'}")
     assert code == 0, err
     (card_path,) = (tmp_path / "o").rglob("tiny.yaml")
     model = load_card(card_path)
     assert model.card["metrics"]["n_eval_images"] == 32
-    assert model.card["training"]["steps"] == 30
+    assert model.card["training"]["trainer"]["steps"] == 30
     reference = MNIST5k(seed=0).load().reference[:32]
     again = evaluate(model, reference, seed=0)
     for key in ("bit_acc", "bit_acc_jpeg50", "psnr"):
@@ -32,13 +32,13 @@ def test_train_watermark_card_round_trip(cli, tmp_path):
 
 
 def test_card_alpha_sets_the_cards_strength_and_its_metrics(cli, tmp_path):
-    code, out, err = cli("train-watermark", "steps=10", "val_every=0", "checkpoint_every=0",
-                         "eval_images=16", "alpha=0.03", "card_alpha=0.06", "card_name=strong",
+    code, out, err = cli("train-watermark", "trainer.steps=10", "trainer.val_every=0", "trainer.checkpoint_every=0",
+                         "eval_images=16", "trainer.alpha=0.03", "card_alpha=0.06", "card_name=strong",
                          f"out_dir={tmp_path / 'o'}")
     assert code == 0, err
     (card_path,) = (tmp_path / "o").rglob("strong.yaml")
     model = load_card(card_path)
-    assert model.alpha == 0.06 and model.card["training"]["alpha"] == 0.03
+    assert model.alpha == 0.06 and model.card["training"]["trainer"]["alpha"] == 0.03
     reference = MNIST5k(seed=0).load().reference[:16]
     assert evaluate(model, reference)["psnr"] == pytest.approx(model.card["metrics"]["psnr"], abs=1e-6)
     model.alpha = 0.03                   # the metrics were measured at the stronger residual
@@ -46,15 +46,15 @@ def test_card_alpha_sets_the_cards_strength_and_its_metrics(cli, tmp_path):
 
 
 def test_invalid_card_alpha_fails_before_training(cli, tmp_path):
-    code, out, err = cli("train-watermark", "steps=10", "card_alpha=-1", f"out_dir={tmp_path / 'o'}")
+    code, out, err = cli("train-watermark", "trainer.steps=10", "card_alpha=-1", f"out_dir={tmp_path / 'o'}")
     assert code == 2 and "card_alpha=-1" in err and "must be a positive strength" in err
     assert not list((tmp_path / "o").rglob("checkpoints"))
 
 
 #: a tiny run: 8 steps of global batches of 16 (split 8 / 8 under torchrun), validation and a
 #: checkpoint at step 4, the three curriculum phases (attacks jpeg, noise, blur from step 2)
-TINY = ["steps=8", "batch_size=16", "val_every=4", "checkpoint_every=4", "eval_images=32",
-        "card_name=tiny"]
+TINY = ["trainer.steps=8", "trainer.batch_size=16", "trainer.val_every=4",
+        "trainer.checkpoint_every=4", "eval_images=32", "card_name=tiny"]
 
 
 def torchrun(root: Path, *args: str) -> tuple[subprocess.CompletedProcess, list]:
@@ -120,3 +120,20 @@ def test_torchrun_train_watermark_resumes_exactly(ddp_run, tmp_path):
     a = load_card(uninterrupted / "tiny.yaml").state_dict()
     b = load_card(run / "tiny.yaml").state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_every_trainer_setting_comes_from_the_config(cli, tmp_path):
+    """Settings the command used to leave at code defaults (here max_chain, quality_weight,
+    msg_dim, val_images) are config keys, recorded in the card, and reach the model."""
+    code, _, err = cli("train-watermark", "trainer.steps=2", "trainer.val_every=0",
+                       "trainer.checkpoint_every=0", "eval_images=8", "card_name=set",
+                       "trainer.max_chain=2", "trainer.quality_weight=0.5", "trainer.msg_dim=8",
+                       "trainer.val_images=8", f"out_dir={tmp_path / 'o'}")
+    assert code == 0, err
+    (card_path,) = (tmp_path / "o").rglob("set.yaml")
+    model = load_card(card_path)
+    recorded = model.card["training"]["trainer"]
+    assert (recorded["max_chain"], recorded["quality_weight"], recorded["msg_dim"]) == (2, 0.5, 8)
+    assert model.card["architecture"]["msg_dim"] == 8
+    code, _, err = cli("train-watermark", "trainer.steps=abc", f"out_dir={tmp_path / 'p'}")
+    assert code != 0
