@@ -57,3 +57,18 @@ def torchrun_madmark(root: Path, command: str, *args: str,
                           capture_output=True, text=True, env=env, cwd=cwd, timeout=timeout)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return done, [json.loads((log / f"rank{r}.json").read_text()) for r in range(2)]
+
+
+def preempt_after_generation(monkeypatch, t: int) -> None:
+    """Raise SystemExit(-1) (what submitit raises on preemption) once generation t's report is
+    written: generation t is checkpointed, and nothing after it (logging, later generations) ran."""
+    import madmark.commands.run as run_command
+
+    write_report = run_command.write_report
+
+    def report_then_exit(path):
+        write_report(path)
+        if json.loads((Path(path) / "status.json").read_text())["generations_done"] == t:
+            raise SystemExit(-1)
+
+    monkeypatch.setattr(run_command, "write_report", report_then_exit)

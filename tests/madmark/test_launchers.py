@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from madmark.rundir import read_csv
-from tests.madmark.conftest import REPO, madmark_subprocess
+from tests.madmark.conftest import REPO, madmark_subprocess, preempt_after_generation
 
 #: two generations of an analytic Gaussian loop without the feature metrics (~1 s in-process)
 TINY = ["data=gaussian", "model=gaussian", "loop.generations=2", "data.dim=2", "data.n_train=200",
@@ -89,26 +89,13 @@ def test_slurm_launcher_config_becomes_sbatch_options(tmp_path, monkeypatch):
 
 # ---- auto_resume: a relaunched job continues the run in its folder -------------------------------
 
-def _preempt_after_generation(monkeypatch, t: int) -> None:
-    """Raise SystemExit(-1) (what submitit raises on preemption) after generation t is saved."""
-    import madmark.commands.run as run_command
-
-    write_report = run_command.write_report
-
-    def report_then_exit(path):
-        write_report(path)
-        if json.loads((Path(path) / "status.json").read_text())["generations_done"] == t:
-            raise SystemExit(-1)
-
-    monkeypatch.setattr(run_command, "write_report", report_then_exit)
-
 
 def test_auto_resume_continues_an_interrupted_run(cli, tmp_path, monkeypatch):
     full, cut = tmp_path / "full", tmp_path / "cut"
     assert cli("run", *TINY, f"hydra.run.dir={full}")[0] == 0
     command = ["run", *TINY, "auto_resume=true", f"hydra.run.dir={cut}"]
     with monkeypatch.context() as m:
-        _preempt_after_generation(m, 1)
+        preempt_after_generation(m, 1)
         assert cli(*command)[0] == -1
     assert sorted(p.name for p in (cut / "state").iterdir()) == ["g0001.pt"]
     assert _status(cut) == "failed"

@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 
 from madmark.rundir import read_csv
 from madmark.tracking.base import flatten, split_row
-from tests.madmark.conftest import FAST, run_dirs
+from tests.madmark.conftest import FAST, preempt_after_generation, run_dirs
 
 #: a tiny MNIST image run (PCA + GMM, no feature metrics) with a spread-spectrum watermark
 IMAGES = ["loop.n_real=300", "loop.n_synthetic=300", "eval.enabled=false", "progress=false",
@@ -80,21 +80,6 @@ def assert_matches_results(logger: str, run: Path) -> None:
                 assert np.float32(value) == np.float32(values[step]), (column, step)
             else:
                 assert value == values[step], (column, step)
-
-
-def _preempt_after_generation(monkeypatch, t: int) -> None:
-    """SystemExit(-1) once generation t's report is written (as a preempted job gets): generation
-    t is checkpointed but not yet logged."""
-    import madmark.commands.run as run_command
-
-    write_report = run_command.write_report
-
-    def report_then_exit(path):
-        write_report(path)
-        if json.loads((Path(path) / "status.json").read_text())["generations_done"] == t:
-            raise SystemExit(-1)
-
-    monkeypatch.setattr(run_command, "write_report", report_then_exit)
 
 
 # ---- what is logged --------------------------------------------------------------------------
@@ -170,7 +155,7 @@ def test_image_run_logs_grids_and_plots_and_no_secret(cli, tmp_path, logger):
 @pytest.mark.parametrize("logger", ["tensorboard", "mlflow"])
 def test_resume_continues_the_log_without_duplicates(cli, tmp_path, monkeypatch, logger):
     with monkeypatch.context() as m:
-        _preempt_after_generation(m, 2)           # generation 2 checkpointed, not logged
+        preempt_after_generation(m, 2)           # generation 2 checkpointed, not logged
         assert cli("run", *FAST, f"logger={logger}")[0] == -1
     run = only_run(tmp_path / "outputs" / "default")
     before = json.loads((run / "tracking.json").read_text())
