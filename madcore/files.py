@@ -102,13 +102,17 @@ def atomic_write_with(path: str | Path, write: Callable[[Path], None]) -> None:
 
 
 @contextmanager
-def atomic_directory(final: str | Path, replace: bool = False) -> Iterator[Path]:
+def atomic_directory(final: str | Path, replace: bool = False,
+                     empty_ok: bool = False) -> Iterator[Path]:
     """Yield an empty temporary folder beside ``final``; when the block succeeds its files are
     fsynced and the folder is renamed to ``final``. On an exception it is removed and ``final``
     is untouched. ``final`` must not exist unless ``replace=True`` (then the old folder is
-    removed just before the rename: the one moment a reader can find neither)."""
+    removed just before the rename: the one moment a reader can find neither) or ``empty_ok=True``
+    and it is an empty folder (the rename takes its place; should something have been put in it
+    meanwhile, the rename fails with an OSError and nothing of it is removed)."""
     final = Path(final)
-    if final.exists() and not replace:
+    if final.exists() and not replace and not (
+            empty_ok and final.is_dir() and not final.is_symlink() and not any(final.iterdir())):
         raise FileExistsError(f"{final} exists")
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = _temporary_name(final)

@@ -23,6 +23,8 @@ from pathlib import Path
 import torch
 
 _DOMAIN = b"madmark/watermark/v1"
+#: the largest key file :meth:`SecretKey.from_file` reads (1 MiB)
+MAX_KEY_FILE_BYTES = 1 << 20
 
 
 def _encode(*parts: bytes) -> bytes:
@@ -49,10 +51,18 @@ class SecretKey:
     # ---- construction -------------------------------------------------------------------------
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> "SecretKey":
-        """Read a key file; surrounding whitespace (e.g. a trailing newline) is stripped."""
-        text = Path(path).expanduser().read_bytes().strip()
+        """Read a key file; surrounding whitespace (e.g. a trailing newline) is stripped.
+
+        Raises OSError when the file cannot be read, ValueError when it is empty, holds only
+        whitespace, or is larger than :data:`MAX_KEY_FILE_BYTES` (not a key: a wrong path)."""
+        with open(Path(path).expanduser(), "rb") as f:
+            data = f.read(MAX_KEY_FILE_BYTES + 1)          # a pipe or /dev/zero cannot run on
+        if len(data) > MAX_KEY_FILE_BYTES:
+            raise ValueError(f"key file {path} is larger than {MAX_KEY_FILE_BYTES // 2**20} MiB, "
+                             "too large for a key")
+        text = data.strip()
         if not text:
-            raise ValueError(f"key file {path} is empty")
+            raise ValueError(f"key file {path} is empty or holds only whitespace")
         return cls(text)
 
     @classmethod

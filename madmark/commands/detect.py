@@ -2,43 +2,45 @@
 
 Decodes every image under ``dir`` and tests it for the key's message: matched bits, one-sided
 binomial p-value, flagged at false-positive rate ``alpha``. Writes a CSV (default
-``./detect_<dir name>.csv``; an existing file is never overwritten). Method settings are read from
-``dir/watermark.json`` when the folder was written by ``madmark embed``, else from the options.
-Unreadable files, and images the method cannot read (DwtDct below 256 x 256, say), are listed with
-the reason and skipped.
+``./detect_<dir name>.csv``; an existing file is never overwritten) with one row per file: path,
+status (decoded|skipped|unreadable), reason, matched_bits, num_bits, bit_accuracy, p_value,
+flagged, notes. Method settings are read from ``dir/watermark.json`` when the folder was written by
+``madmark embed`` (its manifest.csv and watermark.json are then not tested), else from the options.
+
+Every file under ``dir`` is listed: files that are not images Pillow can decode are "unreadable",
+images the method cannot read at their size (below spread spectrum's minimum, DwtDct below
+256 x 256 or grey) are "skipped"; both with the reason, and on stderr. Hidden entries are not read
+and are counted. Transparency is read apart and not tested (the mark is in the colour channels).
 """
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 from typing import Callable, Optional
 
 import torch
 
+from madcore.errors import MadmarkError
 from madcore.files import atomic_write_text
 from madmark.commands.options import parse
-from madcore.errors import MadmarkError
-from madmark.folder_io import LoadedImage, group_by_shape, list_images, read_image
+from madmark.folder_io import (SKIPPED, UNREADABLE, FolderScan, LoadedImage, embed_record,
+                               group_by_shape, read_folder, report_problems)
 from madmark.hydra_app import report_error
-from madmark.methods import build_method, secret_key
+from madmark.methods import check_method, method_for_shape, secret_key, skip_reason
 from madmark.rundir import rows_to_csv
-from watermark import Detector, SecretKey, UnsupportedImageError
+from watermark import Detector, SecretKey, UnsupportedImageError, Watermarker
 
 OPTIONS = {"key": "", "key_file": "", "alpha": 0.01, "out": "", "method": "", "bits": 0,
            "strength": 0.0, "batch_size": 64}
 COLUMNS = ["path", "status", "reason", "matched_bits", "num_bits", "bit_accuracy", "p_value",
-           "flagged"]
+           "flagged", "notes"]
 #: called with (shape (C, H, W), detector) before a shape group is tested
 Prepare = Callable[[tuple, Detector], None]
 
 
 def method_settings(folder: Path, opts: dict) -> dict:
     """Method, bits, strength: options given on the command line win over watermark.json."""
-    recorded = {}
-    info = folder / "watermark.json"
-    if info.is_file():
-        recorded = json.loads(info.read_text())
+    given = opts["method"] and opts["bits"] and opts["strength"]
+    recorded = {} if given else embed_record(folder) or {}
     return {"method": opts["method"] or recorded.get("method", "spread_spectrum"),
             "bits": opts["bits"] or recorded.get("bits", 32),
             "strength": opts["strength"] or recorded.get("strength", 0.01)}
@@ -49,37 +51,44 @@ def check_alpha(alpha: float) -> None:
         raise MadmarkError(f"alpha={alpha} is outside (0, 1)", "set alpha=0.01 or similar")
 
 
-def read_folder(folder: Path, role: str = "folder") -> list[LoadedImage]:
-    """Every image file under ``folder`` (recursive, sorted); unreadable ones carry their error."""
-    if not folder.is_dir():
-        raise MadmarkError(f"{role} {folder} does not exist", "pass a folder of images")
-    paths = list_images(folder)
-    if not paths:
-        raise MadmarkError(f"no images found under {folder}", "pass a folder with png/jpg images")
-    return [read_image(p) for p in paths]
+def shape_methods(items: list[LoadedImage], key: SecretKey,
+                  settings: dict) -> dict[tuple, Watermarker | UnsupportedImageError]:
+    """Each shape (C, H, W) of the readable items: its method, or why the method cannot read it."""
+    methods: dict[tuple, Watermarker | UnsupportedImageError] = {}
+    for shape in group_by_shape(items):
+        try:
+            methods[shape] = method_for_shape(settings["method"], key, shape, settings["bits"],
+                                              settings["strength"])
+        except UnsupportedImageError as error:              # e.g. 1x1 for spread spectrum
+            methods[shape] = error
+    return methods
 
 
 def detect_images(folder: Path, items: list[LoadedImage], key: SecretKey, settings: dict,
-                  opts: dict, prepare: Optional[Prepare] = None) -> list[dict]:
+                  opts: dict, prepare: Optional[Prepare] = None,
+                  methods: Optional[dict] = None) -> list[dict]:
     """One row per item (paths relative to ``folder``), in :data:`COLUMNS`.
 
     Images are tested in groups of one shape (C, H, W); ``prepare(shape, detector)`` runs on each
-    group's detector before it tests (``madmark filter`` calibrates it there)."""
-    rows = [{"path": str(it.path.relative_to(folder)), "status": "unreadable", "reason": it.error}
-            for it in items]
+    group's detector before it tests (``madmark filter`` calibrates it there). ``methods``: from
+    :func:`shape_methods`, computed here if not given."""
+    rows = [{"path": it.rel, **it.row()} for it in items]
+    methods = shape_methods(items, key, settings) if methods is None else methods
     for (c, h, w), idx in group_by_shape(items).items():
-        method = build_method(settings["method"], key, h, w, settings["bits"], settings["strength"])
-        detector = Detector(method, key, alpha=opts["alpha"], batch_size=opts["batch_size"])
+        method = methods[(c, h, w)]
         try:
+            if isinstance(method, UnsupportedImageError):
+                raise method
+            detector = Detector(method, key, alpha=opts["alpha"], batch_size=opts["batch_size"])
             if prepare is not None:
                 prepare((c, h, w), detector)
             result = detector(torch.stack([items[i].image for i in idx]))
         except UnsupportedImageError as error:             # e.g. DwtDct on a small image
             for i in idx:
-                rows[i].update(status="skipped", reason=str(error).splitlines()[0])
+                rows[i].update(status=SKIPPED, reason=skip_reason(error, settings["method"]))
             continue
         for j, i in enumerate(idx):
-            rows[i].update(status="decoded", reason="", matched_bits=int(result.matched_bits[j]),
+            rows[i].update(status="decoded", matched_bits=int(result.matched_bits[j]),
                            num_bits=method.num_bits,
                            bit_accuracy=f"{float(result.bit_accuracy[j]):.4f}",
                            p_value=f"{float(result.p_value[j]):.6g}",
@@ -87,13 +96,15 @@ def detect_images(folder: Path, items: list[LoadedImage], key: SecretKey, settin
     return rows
 
 
-def detect_folder(folder: Path, opts: dict) -> list[dict]:
+def detect_folder(folder: Path, opts: dict) -> tuple[list[dict], FolderScan]:
     if not folder.is_dir():
         raise MadmarkError(f"folder {folder} does not exist", "pass a folder of images")
     check_alpha(opts["alpha"])
     key = secret_key(opts["key"], opts["key_file"])
     settings = method_settings(folder, opts)
-    return detect_images(folder, read_folder(folder), key, settings, opts)
+    check_method(settings["method"], key, settings["bits"], settings["strength"])
+    items, scan = read_folder(folder)
+    return detect_images(folder, items, key, settings, opts), scan
 
 
 def main(args: list[str]) -> int:
@@ -104,17 +115,25 @@ def main(args: list[str]) -> int:
         opts = parse(args, ["dir"], OPTIONS, "detect")
         folder = Path(opts["dir"])
         out = Path(opts["out"] or f"detect_{folder.resolve().name}.csv")
-        if out.exists():
+        if out.exists() or out.is_symlink():
             raise MadmarkError(f"{out} already exists (nothing is overwritten)",
                                "pass out=<new csv path>")
-        rows = detect_folder(folder, opts)
+        rows, scan = detect_folder(folder, opts)
+        try:
+            atomic_write_text(out, rows_to_csv([{c: row.get(c, "") for c in COLUMNS}
+                                                for row in rows]))
+        except OSError as e:
+            raise MadmarkError(f"cannot write {out} ({type(e).__name__}: {e.strerror or e})",
+                               "pass out=<csv path in a folder you can write>") from e
     except MadmarkError as e:
         return report_error(e)
-    atomic_write_text(out, rows_to_csv([{c: row.get(c, "") for c in COLUMNS} for row in rows]))
-    for row in rows:
-        if row["status"] in ("unreadable", "skipped"):
-            print(f"skipped {row['path']}: {row['reason']}", file=sys.stderr)
+    report_problems(rows, "path", str(out))
     flagged = sum(bool(r.get("flagged")) for r in rows)
     decoded = sum(r["status"] == "decoded" for r in rows)
-    print(f"{flagged} of {decoded} decoded images flagged at alpha={opts['alpha']}; wrote {out}")
+    unread = sum(r["status"] == UNREADABLE for r in rows)
+    skipped = sum(r["status"] == SKIPPED for r in rows)
+    listed = [f"{unread} unreadable"] * bool(unread) + [f"{skipped} skipped"] * bool(skipped) + \
+        [f"not read: {scan.not_read()}"] * bool(scan.not_read())
+    print(f"{flagged} of {decoded} decoded images flagged at alpha={opts['alpha']}"
+          f"{' (' + '; '.join(listed) + ')' if listed else ''}; wrote {out}")
     return 0

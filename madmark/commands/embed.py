@@ -1,75 +1,111 @@
 """``madmark embed <in_dir> <out_dir> key_file=... [method=spread_spectrum bits=32 strength=0.01]``
 
-Watermarks every image under ``in_dir`` into a NEW folder ``out_dir`` as lossless PNGs (same
-relative paths, ``.png`` suffix) and writes ``out_dir/manifest.csv`` (one row per input: output
-path, status, PSNR) and ``out_dir/watermark.json`` (method, bits, strength, key fingerprint — never
-the key). Inputs are only read; unreadable files, and images the method cannot mark (DwtDct below
-256 x 256, say), are listed with the reason and skipped.
+Watermarks every image under ``in_dir`` into a NEW folder ``out_dir`` (absent or empty) as
+lossless 8-bit PNGs: each output keeps the input's relative path, with ``.png`` appended unless the
+name already ends in ``.png`` (``a.png`` -> ``a.png``, ``a.jpg`` -> ``a.jpg.png``); two inputs that
+would share an output are refused before anything is written. Transparency is copied to the
+output unchanged. Also writes ``out_dir/manifest.csv`` (one row per input file: input, output,
+status embedded|skipped|unreadable, reason, PSNR, notes such as "alpha kept apart" or "16-bit")
+and ``out_dir/watermark.json`` (method, bits, strength, counts, key fingerprint — never the key).
+
+Every file under ``in_dir`` is listed: files that are not images Pillow can decode are
+"unreadable", images the method cannot mark at their size (below spread spectrum's minimum,
+DwtDct below 256 x 256 or grey) are "skipped"; both with the reason, and on stderr. Hidden
+entries are not read and are counted. Inputs are only read. The folder is written beside
+``out_dir`` under a temporary name and renamed when complete: a failed run leaves no output.
 """
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 
 import torch
 
-from madcore.files import atomic_write_text
-from madmark.commands.options import parse
 from madcore.errors import MadmarkError
+from madcore.files import atomic_directory, atomic_write_json, atomic_write_text
 from madcore.images import write_png
-from madmark.folder_io import group_by_shape, list_images, read_image
+from madmark.commands.options import parse
+from madmark.folder_io import (SKIPPED, UNREADABLE, check_output_folder, check_outputs,
+                               group_by_shape, output_name, read_folder, report_problems)
 from madmark.hydra_app import report_error
-from madmark.methods import build_method, secret_key
+from madmark.methods import check_method, method_for_shape, secret_key, skip_reason
 from madmark.rundir import rows_to_csv
 from watermark import UnsupportedImageError, psnr
 
 OPTIONS = {"key": "", "key_file": "", "method": "spread_spectrum", "bits": 32, "strength": 0.01,
            "batch_size": 64}
+COLUMNS = ["input", "output", "status", "reason", "psnr_db", "notes"]
+
+
+def embed_notes(item) -> str:
+    """The reader's notes, and what the output does with them."""
+    said = {"16-bit": "16-bit (written as 8-bit)",
+            "alpha kept apart": "alpha kept apart (copied to the output unchanged)",
+            "EXIF-rotated": "EXIF-rotated (written upright)"}
+    notes = [said.get(n, n) for n in item.notes]
+    return "; ".join(f"{n} (the output is the first frame)" if n.startswith("animated") else n
+                     for n in notes)
 
 
 def embed_folder(in_dir: Path, out_dir: Path, opts: dict) -> dict:
     if not in_dir.is_dir():
         raise MadmarkError(f"input folder {in_dir} does not exist", "pass a folder of images")
-    if out_dir.exists() and any(out_dir.iterdir()):
-        raise MadmarkError(f"output folder {out_dir} is not empty (nothing is overwritten)",
-                           "pass a new or empty output folder")
-    if out_dir.resolve().is_relative_to(in_dir.resolve()):
-        raise MadmarkError(f"output folder {out_dir} lies inside the input folder",
-                           "pass an output folder outside the input folder")
+    check_output_folder(out_dir, in_dir)
     key = secret_key(opts["key"], opts["key_file"])
-    paths = list_images(in_dir)
-    if not paths:
-        raise MadmarkError(f"no images found under {in_dir}", "pass a folder with png/jpg images")
-    items = [read_image(p) for p in paths]
-    rows = {i: {"input": str(it.path.relative_to(in_dir)), "output": "", "status": "unreadable",
-                "reason": it.error, "psnr_db": ""} for i, it in enumerate(items)}
-    for (c, h, w), idx in group_by_shape(items).items():
-        method = build_method(opts["method"], key, h, w, opts["bits"], opts["strength"])
-        message = key.message(method.num_bits)
-        for start in range(0, len(idx), opts["batch_size"]):
-            chunk = idx[start:start + opts["batch_size"]]
-            x = torch.stack([items[i].image for i in chunk])
-            try:
-                x_w = method.embed(x, message.expand(len(chunk), -1))
-            except UnsupportedImageError as error:         # e.g. DwtDct on a small image
-                for i in chunk:
-                    rows[i].update(status="skipped", reason=str(error).splitlines()[0])
-                continue
-            quality = psnr(x_w, x)
-            for j, i in enumerate(chunk):
-                rel = Path(rows[i]["input"]).with_suffix(".png")
-                write_png(out_dir / rel, x_w[j], alpha=items[i].alpha)   # transparency kept
-                rows[i].update(output=str(rel), status="embedded", reason="",
-                               psnr_db=f"{float(quality[j]):.2f}")
-    atomic_write_text(out_dir / "manifest.csv", rows_to_csv(rows[i] for i in sorted(rows)))
-    info = {"method": opts["method"], "bits": opts["bits"], "strength": opts["strength"],
-            "key_fingerprint": key.fingerprint, "n_embedded":
-            sum(r["status"] == "embedded" for r in rows.values()),
-            "n_unreadable": sum(r["status"] == "unreadable" for r in rows.values()),
-            "n_skipped": sum(r["status"] == "skipped" for r in rows.values())}
-    atomic_write_text(out_dir / "watermark.json", json.dumps(info, indent=2) + "\n")
-    return {**info, "rows": [rows[i] for i in sorted(rows)]}
+    check_method(opts["method"], key, opts["bits"], opts["strength"])
+    items, scan = read_folder(in_dir, "input folder")
+    rows = [{"input": it.rel, "output": "", **it.row(), "psnr_db": ""} for it in items]
+    for it, row in zip(items, rows):
+        row["notes"] = embed_notes(it) if it.image is not None else row["notes"]
+    outputs = {it.rel: output_name(it.rel) for it in items if it.image is not None}
+    check_outputs(outputs)
+
+    def skip(indices: list[int], error: UnsupportedImageError) -> None:
+        for i in indices:
+            rows[i].update(status=SKIPPED, reason=skip_reason(error, opts["method"]))
+
+    try:
+        with atomic_directory(out_dir, empty_ok=True) as tmp:
+            for shape, idx in group_by_shape(items).items():
+                try:
+                    method = method_for_shape(opts["method"], key, shape, opts["bits"],
+                                              opts["strength"])
+                except UnsupportedImageError as error:        # e.g. 1x1 for spread spectrum
+                    skip(idx, error)
+                    continue
+                message = key.message(method.num_bits)
+                for start in range(0, len(idx), opts["batch_size"]):
+                    chunk = idx[start:start + opts["batch_size"]]
+                    x = torch.stack([items[i].image for i in chunk])
+                    try:
+                        x_w = method.embed(x, message.expand(len(chunk), -1))
+                    except UnsupportedImageError as error:     # e.g. DwtDct on a small image
+                        skip(chunk, error)
+                        continue
+                    quality = psnr(x_w, x)
+                    for j, i in enumerate(chunk):
+                        out = outputs[items[i].rel]
+                        write_png(tmp / out, x_w[j], alpha=items[i].alpha)  # transparency kept
+                        rows[i].update(output=out, status="embedded",
+                                       psnr_db=f"{float(quality[j]):.2f}")
+            status = [r["status"] for r in rows]
+            info = {"method": opts["method"], "bits": opts["bits"], "strength": opts["strength"],
+                    "key_fingerprint": key.fingerprint,
+                    "outputs": "input path, plus .png unless it ends in .png",
+                    "n_files": len(rows), "n_embedded": status.count("embedded"),
+                    "n_unreadable": status.count(UNREADABLE), "n_skipped": status.count(SKIPPED),
+                    "n_hidden_not_read": scan.hidden}
+            atomic_write_text(tmp / "manifest.csv", rows_to_csv(
+                {c: r.get(c, "") for c in COLUMNS} for r in rows))
+            atomic_write_json(tmp / "watermark.json", info)      # last: marks a finished folder
+    except FileExistsError:                 # filled between the check and the start
+        raise MadmarkError(f"output folder {out_dir} already exists and is not empty (nothing "
+                           "is overwritten)", "pass an output folder that is new or empty"
+                           ) from None
+    except OSError as e:
+        raise MadmarkError(f"cannot write output folder {out_dir} ({type(e).__name__}: "
+                           f"{e.strerror or e}); nothing was left behind",
+                           "check the free space and permissions where it goes") from e
+    return {**info, "rows": rows, "not_read": scan.not_read()}
 
 
 def main(args: list[str]) -> int:
@@ -81,10 +117,9 @@ def main(args: list[str]) -> int:
         result = embed_folder(Path(opts["in_dir"]), Path(opts["out_dir"]), opts)
     except MadmarkError as e:
         return report_error(e)
-    for row in result["rows"]:
-        if row["status"] in ("unreadable", "skipped"):
-            print(f"skipped {row['input']}: {row['reason']}", file=sys.stderr)
+    report_problems(result["rows"], "input", f"{opts['out_dir']}/manifest.csv")
+    not_read = f"; not read: {result['not_read']}" if result["not_read"] else ""
     print(f"embedded {result['n_embedded']} images into {opts['out_dir']} "
           f"({result['n_unreadable']} unreadable, {result['n_skipped']} not markable by "
-          f"{opts['method']}; listed in manifest.csv)")
+          f"{opts['method']}{not_read}; listed in manifest.csv)")
     return 0

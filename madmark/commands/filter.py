@@ -2,20 +2,23 @@
 
 Cleans a training set before retraining: tests every image under ``data_dir`` (recursive) for the
 key's watermark, like ``madmark detect``, and splits the set into images to keep and images to drop.
-Writes a NEW folder ``out`` (default ``./filter_<data_dir name>``; an existing one is refused):
+Writes a NEW folder ``out`` (default ``./filter_<data_dir name>``; absent or empty, else refused),
+under a temporary name beside it, renamed when complete (a failed run leaves nothing):
 
-    manifest.csv   one row per file: path, status (decoded|unreadable|skipped), reason,
-                   matched_bits, num_bits, bit_accuracy, p_value, flagged,
+    manifest.csv   one row per file: path, status (decoded|skipped|unreadable), reason,
+                   matched_bits, num_bits, bit_accuracy, p_value, flagged, notes,
                    decision (keep|flag|unreadable|untested)
     kept.txt       paths (relative to data_dir) of the images to train on, one per line
     flagged.txt    paths of the images that carry the watermark at false-positive rate alpha
     summary.json   counts, alpha, method, bits, analytic or calibrated p-values, calibration's
                    measured false-positive rates; the key's fingerprint, never the key
 
-Unreadable files go in neither list (a training loader could not read them); nor do images the
-method cannot read (DwtDct below 256 x 256, say: "untested", since nothing certifies them clean).
-Both are listed in the manifest with the reason and on stderr. The user's files are only read,
-never moved or changed.
+Every file under ``data_dir`` is listed. Unreadable files (not an image Pillow can decode: empty,
+truncated, text named .png, permission denied, dangling symlink) go in neither list (a training
+loader could not read them); nor do images the method cannot read (below spread spectrum's minimum
+size, DwtDct below 256 x 256 or grey: "untested", since nothing certifies them clean). Both are
+listed in the manifest with the reason and on stderr. Hidden entries are not read and are counted.
+The user's files are only read, never moved or changed.
 
 ``calibrate=<clean_dir>``: a folder of known-clean images (never watermarked with this key). Each
 shape group (C, H, W) of the data is calibrated (``Detector.calibrate``) on the clean images of the
@@ -34,17 +37,19 @@ import json
 import math
 import sys
 from pathlib import Path
+from typing import Optional
 
 import torch
 
-from madcore.files import atomic_write_text
-from madmark.commands.detect import (COLUMNS, OPTIONS as DETECT_OPTIONS, check_alpha,
-                                     detect_images, method_settings, read_folder)
-from madmark.commands.options import parse
 from madcore.errors import MadmarkError
-from madmark.folder_io import LoadedImage, group_by_shape
+from madcore.files import atomic_directory, atomic_write_text
+from madmark.commands.detect import (COLUMNS, OPTIONS as DETECT_OPTIONS, check_alpha,
+                                     detect_images, method_settings, shape_methods)
+from madmark.commands.options import parse
+from madmark.folder_io import (LoadedImage, check_output_folder, group_by_shape, read_folder,
+                               report_problems)
 from madmark.hydra_app import report_error
-from madmark.methods import secret_key
+from madmark.methods import check_method, secret_key
 from madmark.rundir import rows_to_csv
 from watermark import Detector
 
@@ -69,8 +74,12 @@ class Calibrator:
         self.groups = group_by_shape(clean)
         self.records: list[dict] = []
 
-    def check_covers(self, data: list[LoadedImage], clean_dir: Path) -> None:
-        needed = group_by_shape(data)
+    def check_covers(self, data: list[LoadedImage], clean_dir: Path,
+                     readable: Optional[set] = None) -> None:
+        """Every data shape (of those in ``readable``, the shapes the method can read, if given)
+        needs clean images of that shape."""
+        needed = {s: i for s, i in group_by_shape(data).items()
+                  if readable is None or s in readable}
         missing = [s for s in needed if s not in self.groups]
         if missing:
             raise MadmarkError(
@@ -100,24 +109,22 @@ def filter_folder(data_dir: Path, out: Path, opts: dict) -> dict:
     if not data_dir.is_dir():
         raise MadmarkError(f"data folder {data_dir} does not exist", "pass a folder of images")
     check_alpha(opts["alpha"])
-    if out.exists():
-        raise MadmarkError(f"output folder {out} already exists (nothing is overwritten)",
-                           "pass out=<new folder>")
-    if out.resolve().is_relative_to(data_dir.resolve()):
-        raise MadmarkError(f"output folder {out} lies inside the data folder (which is only read)",
-                           "pass out=<folder outside the data folder>")
+    check_output_folder(out, data_dir, "data folder", "out=<folder>")
     key = secret_key(opts["key"], opts["key_file"])
     settings = method_settings(data_dir, opts)
-    items = read_folder(data_dir, "data folder")
+    check_method(settings["method"], key, settings["bits"], settings["strength"])
+    items, scan = read_folder(data_dir, "data folder")
+    methods = shape_methods(items, key, settings)
     calibrator = None
     if opts["calibrate"]:
         clean_dir = Path(opts["calibrate"])
-        clean = read_folder(clean_dir, "calibrate folder")
+        clean, _ = read_folder(clean_dir, "calibrate folder")
         for it in clean:
             if it.image is None:
-                print(f"calibration: skipped {it.path}: {it.error}", file=sys.stderr)
+                print(f"calibration: unreadable {it.path}: {it.error}", file=sys.stderr)
         calibrator = Calibrator(clean, opts["batch_size"])
-        calibrator.check_covers(items, clean_dir)
+        calibrator.check_covers(items, clean_dir,
+                                {s for s, m in methods.items() if not isinstance(m, Exception)})
     groups: list[dict] = []
 
     def prepare(shape: tuple[int, ...], detector: Detector) -> None:
@@ -126,7 +133,7 @@ def filter_folder(data_dir: Path, out: Path, opts: dict) -> dict:
         groups.append({"shape": shape_name(shape), "num_bits": detector.num_bits,
                        "threshold": detector.threshold})
 
-    rows = detect_images(data_dir, items, key, settings, opts, prepare)
+    rows = detect_images(data_dir, items, key, settings, opts, prepare, methods)
     for row in rows:
         row["decision"] = ("unreadable" if row["status"] == "unreadable"
                            else "untested" if row["status"] == "skipped"
@@ -141,7 +148,7 @@ def filter_folder(data_dir: Path, out: Path, opts: dict) -> dict:
         "data_dir": str(data_dir.resolve()), "paths_relative_to": "data_dir",
         "n_files": len(rows), "n_decoded": count["keep"] + count["flag"],
         "n_kept": count["keep"], "n_flagged": count["flag"], "n_unreadable": count["unreadable"],
-        "n_untested": count["untested"],
+        "n_untested": count["untested"], "n_hidden_not_read": scan.hidden,
         "alpha": opts["alpha"], "method": settings["method"],
         "bits": bits[0] if len(bits) == 1 else bits, "strength": settings["strength"],
         "key_fingerprint": key.fingerprint,
@@ -153,24 +160,28 @@ def filter_folder(data_dir: Path, out: Path, opts: dict) -> dict:
             "n_clean_unreadable": sum(it.image is None for it in calibrator.clean),
             "groups": calibrator.records},
     }
-    return {"rows": rows, "summary": summary}
+    return {"rows": rows, "summary": summary, "not_read": scan.not_read()}
 
 
 def write_outputs(out: Path, result: dict) -> None:
-    """manifest.csv, kept.txt, flagged.txt, then summary.json (its presence marks a finished
-    folder), each written atomically into the new folder ``out``."""
+    """manifest.csv, kept.txt, flagged.txt, then summary.json, into a temporary folder beside
+    ``out`` that is renamed to ``out`` (absent or empty) when all are written."""
     rows = result["rows"]
     try:
-        out.mkdir(parents=True)
+        with atomic_directory(out, empty_ok=True) as tmp:
+            atomic_write_text(tmp / "manifest.csv", rows_to_csv({c: r.get(c, "") for c in MANIFEST}
+                                                                for r in rows))
+            for name, decision in (("kept.txt", "keep"), ("flagged.txt", "flag")):
+                atomic_write_text(tmp / name, "".join(f"{r['path']}\n" for r in rows
+                                                      if r["decision"] == decision))
+            atomic_write_text(tmp / "summary.json", json.dumps(result["summary"], indent=2) + "\n")
     except FileExistsError:
-        raise MadmarkError(f"output folder {out} already exists (nothing is overwritten)",
-                           "pass out=<new folder>") from None
-    atomic_write_text(out / "manifest.csv", rows_to_csv({c: r.get(c, "") for c in MANIFEST}
-                                                        for r in rows))
-    for name, decision in (("kept.txt", "keep"), ("flagged.txt", "flag")):
-        atomic_write_text(out / name, "".join(f"{r['path']}\n" for r in rows
-                                              if r["decision"] == decision))
-    atomic_write_text(out / "summary.json", json.dumps(result["summary"], indent=2) + "\n")
+        raise MadmarkError(f"output folder {out} already exists and is not empty (nothing is "
+                           "overwritten)", "pass out=<new folder>") from None
+    except OSError as e:
+        raise MadmarkError(f"cannot write output folder {out} ({type(e).__name__}: "
+                           f"{e.strerror or e}); nothing was left behind",
+                           "check the free space and permissions where it goes") from e
 
 
 def main(args: list[str]) -> int:
@@ -185,9 +196,7 @@ def main(args: list[str]) -> int:
         write_outputs(out, result)
     except MadmarkError as e:
         return report_error(e)
-    for row in result["rows"]:
-        if row["status"] in ("unreadable", "skipped"):
-            print(f"skipped {row['path']}: {row['reason']}", file=sys.stderr)
+    report_problems(result["rows"], "path", f"{out}/manifest.csv")
     s = result["summary"]
     for cal in (s["calibration"] or {}).get("groups", []):
         if not cal["certifies_alpha"]:
@@ -195,7 +204,8 @@ def main(args: list[str]) -> int:
                   f"alpha={s['alpha']} (needs >= {math.ceil(1 / s['alpha'] - 1)}); clean "
                   "counts seen in calibration are never flagged", file=sys.stderr)
     listed = [f"{s['n_unreadable']} unreadable"] * bool(s["n_unreadable"]) + \
-        [f"{s['n_untested']} untested (the method cannot read them)"] * bool(s["n_untested"])
+        [f"{s['n_untested']} untested (the method cannot read them)"] * bool(s["n_untested"]) + \
+        [f"not read: {result['not_read']}"] * bool(result["not_read"])
     unreadable = f"; {', '.join(listed)}, see manifest.csv" if listed else ""
     print(f"kept {s['n_kept']}, flagged {s['n_flagged']} of {s['n_decoded']} images "
           f"(alpha={s['alpha']}, {s['p_values']} p-values{unreadable}); wrote {out}")

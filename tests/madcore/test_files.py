@@ -59,3 +59,25 @@ def test_atomic_directory_appears_whole_or_not_at_all(tmp_path):
         (tmp / "b.txt").write_text("b")
     assert sorted(p.name for p in final.iterdir()) == ["b.txt"]
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_atomic_directory_may_take_the_place_of_an_empty_folder(tmp_path):
+    final = tmp_path / "out"
+    final.mkdir()
+    with pytest.raises(FileExistsError):                 # not without empty_ok
+        with atomic_directory(final):
+            pass
+    with atomic_directory(final, empty_ok=True) as tmp:
+        (tmp / "a.txt").write_text("a")
+    assert [p.name for p in final.iterdir()] == ["a.txt"]
+    with pytest.raises(FileExistsError):                 # no longer empty: refused up front
+        with atomic_directory(final, empty_ok=True):
+            pass
+    other = tmp_path / "other"
+    other.mkdir()
+    with pytest.raises(OSError):                         # filled meanwhile: the rename fails
+        with atomic_directory(other, empty_ok=True) as tmp:
+            (tmp / "new.txt").write_text("new")
+            (other / "mine.txt").write_text("mine")
+    assert [p.name for p in other.iterdir()] == ["mine.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other", "out"]

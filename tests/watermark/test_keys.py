@@ -59,6 +59,22 @@ def test_from_file_strips_and_matches_literal(tmp_path):
         SecretKey.from_file(tmp_path / "empty")
 
 
+def test_from_file_refuses_what_cannot_be_a_key(tmp_path):
+    from watermark.keys import MAX_KEY_FILE_BYTES
+    (tmp_path / "blank").write_text(" \t\n  \n")
+    with pytest.raises(ValueError, match="only whitespace"):
+        SecretKey.from_file(tmp_path / "blank")
+    (tmp_path / "big").write_bytes(b"k" * (MAX_KEY_FILE_BYTES + 1))
+    with pytest.raises(ValueError, match="larger than 1 MiB"):
+        SecretKey.from_file(tmp_path / "big")
+    (tmp_path / "limit").write_bytes(b"k" * MAX_KEY_FILE_BYTES)        # 1 MiB itself is allowed
+    assert SecretKey.from_file(tmp_path / "limit") == SecretKey(b"k" * MAX_KEY_FILE_BYTES)
+    with pytest.raises(OSError):
+        SecretKey.from_file(tmp_path / "missing")
+    with pytest.raises(OSError):
+        SecretKey.from_file(tmp_path)                                   # a folder
+
+
 def test_generate_and_to_file(tmp_path):
     a, b = SecretKey.generate(), SecretKey.generate()
     assert a != b
