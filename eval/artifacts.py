@@ -56,8 +56,9 @@ held-out real digits: −0.05 ± 0.09 and 1.06 ± 0.05): the mark holds ~2 % of 
 its band, and informed embedding *cancels* host energy there (cross term −2× the mark's power).
 At strength 0.04 the ratio is 1.18-1.28 ± 0.05.
 
-**Growth** (:func:`add_growth`): ``<col>_growth`` = value at t ÷ value at a baseline generation;
-see its docstring for why the baseline is the first generation trained on marked data.
+**Growth** (:func:`add_growth`, in :mod:`eval.growth`, re-exported here): ``<col>_growth`` =
+value at t ÷ value at a baseline generation; see its docstring for why the baseline is the first
+generation trained on marked data.
 
 Cost: one DCT per image (two matrix products, O(C·H·W·(H + W))) and one dot product; batched, no
 Python loops over samples. ``eval`` imports nothing from ``watermark``: the probe takes an ``embed``
@@ -66,21 +67,44 @@ callable and the meter a duck-typed detector.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Callable, Optional
 
 import torch
 
+from madcore.columns import Column, names
 from madcore.dct import dct2
+from eval.growth import GROWTH_COLUMNS, add_growth, growth_baseline  # noqa: F401  (re-exported)
 
 __all__ = ["WatermarkProbe", "ArtifactMeter", "inheritance", "add_growth", "growth_baseline",
            "COLUMNS", "GROWTH_COLUMNS"]
 
+_DECODED = "S_t (unmarked samples), decoded with the run's calibrated detector"
+_ENERGY = "S_t (unmarked samples) vs the reference split, along the probe's mean residual r̄"
+_BAND = "S_t (unmarked samples) vs the reference split, in the watermark's DCT band B"
+_PROBE = "the run's watermark probe (real images marked once)"
 #: the columns :class:`ArtifactMeter` returns, in order
-COLUMNS = ("inherit_bit_acc", "inherit_detect_rate", "inherit_log10p_median", "artifact_energy",
-           "artifact_energy_se", "artifact_energy_z", "band_energy_ratio", "band_energy_ratio_se",
-           "artifact_n_probe", "artifact_band_fraction")
-#: columns :func:`add_growth` adds a ``_growth`` column for by default
-GROWTH_COLUMNS = ("artifact_energy", "band_energy_ratio")
+COLUMNS = (
+    Column("inherit_bit_acc", "mean bit accuracy of the decoded message (matched bits ÷ K; 0.5 "
+           "= chance)", "fraction in [0, 1]", _DECODED),
+    Column("inherit_detect_rate", "fraction of samples with p-value ≤ wm_alpha", "fraction in "
+           "[0, 1]", _DECODED),
+    Column("inherit_log10p_median", "median log10 p-value (p clamped at 1e-300)", "log10 of a "
+           "p-value (≤ 0)", _DECODED),
+    Column("artifact_energy", "⟨mean(S_t) − m_ref, r̄⟩ ÷ ⟨r̄, r̄⟩: how far S_t's mean sits along "
+           "the mark's pattern", "watermark layers", _ENERGY),
+    Column("artifact_energy_se", "two-sample standard error of artifact_energy", "watermark "
+           "layers", _ENERGY),
+    Column("artifact_energy_z", "artifact_energy ÷ artifact_energy_se (|z| < ~3 is noise)",
+           "standard errors", _ENERGY),
+    Column("band_energy_ratio", "mean band energy of S_t ÷ that expected of a fresh real image "
+           "(> 1: excess energy in the watermark's band)", "ratio (1 = real data)", _BAND),
+    Column("band_energy_ratio_se", "delta-method standard error of band_energy_ratio", "ratio",
+           _BAND),
+    Column("artifact_n_probe", "real probe images marked to measure r̄ and B", "count", _PROBE),
+    Column("artifact_band_fraction", "share of the probe's residual power the band B holds",
+           "fraction in (0, 1]", _PROBE),
+)
+_NAMES = names(COLUMNS)
 
 _P_FLOOR = 1e-300  # p-values are clamped here before log10 (smallest normal float64 ~ 2e-308)
 _MAX_ELEMENTS = 2 ** 24  # pixel values per batch (a float64 batch stays under 128 MiB)
@@ -244,7 +268,7 @@ class ArtifactMeter:
     def __call__(self, samples: torch.Tensor) -> dict[str, float]:
         """All :data:`COLUMNS` for unmarked samples S_t (N, C, H, W) in [0, 1]."""
         if self.detector is None:
-            row = dict.fromkeys(COLUMNS[:3], math.nan)
+            row = dict.fromkeys(_NAMES[:3], math.nan)
         else:
             detect = getattr(self.detector, "detect", self.detector)
             with torch.no_grad():
@@ -252,64 +276,4 @@ class ArtifactMeter:
         row.update(self.energy(samples))
         row.update(artifact_n_probe=self.probe.n_probe,
                    artifact_band_fraction=self.probe.band_fraction)
-        return {k: row[k] for k in COLUMNS}
-
-
-def _number(value: Any) -> float:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return math.nan
-
-
-def _generations(rows: list[dict], key: str) -> list[int]:
-    """Each row's generation (its 1-based position where the key is missing or not a number)."""
-    gens = [_number(r.get(key)) for r in rows]
-    return [int(g) if math.isfinite(g) else i + 1 for i, g in enumerate(gens)]
-
-
-def growth_baseline(rows: Iterable[dict], generation_key: str = "generation",
-                    marked_key: str = "n_marked") -> Optional[int]:
-    """The first generation whose training pool held marked samples (``n_marked`` > 0), else the
-    first generation (t = 1 in a full run); None for no rows."""
-    rows = list(rows)
-    gens = _generations(rows, generation_key)
-    marked = [g for g, r in zip(gens, rows) if _number(r.get(marked_key, 0)) > 0]
-    return min(marked) if marked else (min(gens) if gens else None)
-
-
-def add_growth(rows: Iterable[dict], columns: Iterable[str] = GROWTH_COLUMNS, *,
-               baseline: Optional[int] = None, min_baseline_z: float = 2.0,
-               generation_key: str = "generation", marked_key: str = "n_marked") -> list[dict]:
-    """Copies of ``rows`` with ``<col>_growth`` = value at t ÷ value at the baseline generation for
-    each column, and ``growth_baseline`` (the generation used). Input rows are not modified.
-
-    Baseline. Issue 5 says "÷ value at t = 1", but generation 1 trains on real data only: its
-    artifact energy is noise around 0, and a ratio to noise is meaningless (any sign, any size).
-    The default (``baseline=None``) is therefore the first generation whose training pool contained
-    marked samples (rows carry ``n_marked``, the marked samples in that generation's pool): growth
-    then reads "how much stronger the artifact is than after the first exposure to marked data".
-    Without any marked pool (no watermark stage) it falls back to the first generation. An int
-    picks the baseline generation explicitly.
-
-    Undefined growth is NaN, never an error: baseline generation absent; baseline value missing,
-    non-numeric, non-finite or <= 0 (growth is a ratio of positive magnitudes); or, for a column
-    whose baseline row also has ``<col>_se``, a baseline within noise, |value / se| < min_baseline_z
-    (set 0 to disable). A row missing the column gets NaN in that row only.
-    """
-    rows = [dict(r) for r in rows]
-    gens = _generations(rows, generation_key)
-    base = growth_baseline(rows, generation_key, marked_key) if baseline is None else int(baseline)
-    base_row = next((r for g, r in zip(gens, rows) if g == base), None)
-    for col in columns:
-        v0 = _number(base_row.get(col)) if base_row is not None else math.nan
-        se = _number(base_row.get(f"{col}_se")) if base_row is not None else math.nan
-        if not (math.isfinite(v0) and v0 > 0) or (math.isfinite(se) and se > 0
-                                                    and abs(v0 / se) < min_baseline_z):
-            v0 = math.nan
-        for r in rows:
-            v = _number(r.get(col))
-            r[f"{col}_growth"] = v / v0 if math.isfinite(v) and math.isfinite(v0) else math.nan
-    for r in rows:
-        r["growth_baseline"] = base
-    return rows
+        return {k: row[k] for k in _NAMES}

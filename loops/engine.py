@@ -26,10 +26,11 @@ from typing import Any, Callable, Optional, Protocol
 import torch
 
 from madcore import dist
+from madcore.columns import Column
 from loops.checkpoint import Checkpoints
 from loops.errors import LoopError, check_bias
 from loops.families import LoopFamily
-from loops.models.base import GenerativeModel, ProgressFn
+from loops.models.base import FIT_PREFIX, GenerativeModel, ProgressFn
 from loops.pool import Pool
 from madcore.rng import generator
 from loops.stages import FilterStage, WatermarkStage
@@ -41,6 +42,19 @@ Evaluator = Callable[[int, torch.Tensor, GenerativeModel], dict[str, Any]]
 #: generations 1..t (sample grids, results.csv). Hooks run on every rank: writers check
 #: ``madcore.dist.is_main()``.
 Hook = Callable[[int, torch.Tensor, list[Row]], None]
+
+#: the columns the engine itself writes first in every row (then the pool's composition, the
+#: filter stage's, the model's ``fit_`` statistics, the evaluators' and the watermark stage's)
+COLUMNS = (
+    Column("generation", "generation t of the loop; generation 1 trains on real data only",
+           "index (1-based)", "the loop"),
+    Column("family", "loop family: fully_synthetic, synthetic_augmentation or fresh_data", "text",
+           "the run's config (loop.family)"),
+    Column("history", "which earlier synthetic samples the pool keeps: replace (S_{t-1} only) or "
+           "accumulate (S_1..S_{t-1})", "text", "the run's config (loop.history)"),
+    Column("bias", "sampling bias λ of S_t (1 = unbiased)", "λ in (0, 1]",
+           "the run's config (loop.bias)"),
+)
 
 
 class RealSource(Protocol):
@@ -190,7 +204,7 @@ class LoopEngine:
         progress = self.progress(t) if self.progress else None
         fit_stats = model.fit(pool.x, generator(s.seed, t, "fit", self.device), progress,
                               labels=pool.labels())
-        row.update({f"fit_{k}": v for k, v in fit_stats.items()})
+        row.update({f"{FIT_PREFIX}{k}": v for k, v in fit_stats.items()})
         n_sample = s.n_synthetic if s.n_synthetic > 0 else s.n_real
         labels, conditioning = None, {}
         if model.conditional:

@@ -9,8 +9,23 @@ from typing import Optional
 
 import torch
 
+from madcore.columns import Column
+
 #: label of a sample whose class is unknown (unlabelled data, or drawn by an unconditional model)
 NO_LABEL = -1
+
+_ON = "generation t's training pool, after the filter (provenance)"
+#: the columns of :meth:`Pool.composition`, in order
+COLUMNS = (
+    Column("n_pool", "samples in the training pool", "count", _ON),
+    Column("n_real", "real samples in the pool (origin 0)", "count", _ON),
+    Column("n_synthetic", "synthetic samples in the pool (drawn by earlier generations)", "count",
+           _ON),
+    Column("n_marked", "pool samples carrying a watermark", "count", _ON),
+    Column("real_fraction", "n_real ÷ n_pool (NaN for an empty pool)", "fraction in [0, 1]", _ON),
+    Column("origin_counts", "samples per origin, e.g. g0=4000 g1=4000 (g0 = real, gk = drawn "
+           "by generation k)", "text", _ON),
+)
 
 
 @dataclass

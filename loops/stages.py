@@ -16,6 +16,7 @@ from typing import Callable
 
 import torch
 
+from madcore.columns import Column
 from madcore.quality import pooled_psnr
 from loops.errors import LoopError
 from loops.pool import Pool
@@ -24,6 +25,31 @@ from loops.pool import Pool
 MarkFn = Callable[[int, torch.Tensor], torch.Tensor]
 #: ``flag(t, x) -> flagged``: bool (N,) for the pool x (N, C, H, W) of generation t.
 FlagFn = Callable[[int, torch.Tensor], torch.Tensor]
+
+_MARKED = "the pooled part of S_t: marked vs unmarked, before it enters later pools"
+#: the columns :class:`WatermarkStage` writes, in order
+WATERMARK_COLUMNS = (
+    Column("wm_psnr", "PSNR of the marked samples against their unmarked originals, of the MSE "
+           "pooled over every pixel", "dB", _MARKED),
+    Column("n_marked_new", "samples the mark changed (fewer than the pooled samples when the "
+           "marking skips samples that already carry the mark)", "count", _MARKED),
+)
+_POOL = "generation t's pool before the filter (the detector sees pixels; provenance measures it)"
+#: the columns :class:`FilterStage` writes, in order
+FILTER_COLUMNS = (
+    Column("filter_n_in", "samples the filter scanned", "count", _POOL),
+    Column("filter_real_dropped", "real samples flagged and dropped", "count", _POOL),
+    Column("filter_real_drop_rate", "filter_real_dropped ÷ real samples: the empirical "
+           "false-positive rate (NaN without real samples)", "fraction in [0, 1]", _POOL),
+    Column("filter_synth_caught", "synthetic samples flagged and dropped", "count", _POOL),
+    Column("filter_synth_missed", "synthetic samples kept", "count", _POOL),
+    Column("filter_tpr", "filter_synth_caught ÷ synthetic samples: the true-positive rate (NaN "
+           "without synthetic samples)", "fraction in [0, 1]", _POOL),
+    Column("filter_marked_n", "marked samples in the pool", "count", _POOL),
+    Column("filter_marked_caught", "marked samples flagged and dropped", "count", _POOL),
+    Column("real_fraction_before", "real samples ÷ pool size before the filter (NaN for an empty "
+           "pool)", "fraction in [0, 1]", _POOL),
+)
 
 
 @dataclass

@@ -7,6 +7,7 @@ from typing import Any, Optional
 
 from tqdm.auto import tqdm
 
+from madmark.columns import declared
 
 
 class GenerationProgress:
@@ -50,8 +51,11 @@ def _cell(value: Any) -> str:
 def format_table(rows: list[dict[str, Any]], columns: tuple[str, ...],
                  settings: tuple[str, ...] = ()) -> str:
     """The ``columns`` present in ``rows`` as an aligned text table, then one line naming the
-    ``settings`` the metrics were computed on (taken from the first row)."""
-    columns = [c for c in columns if any(c in r for r in rows)]
+    ``settings`` the metrics were computed on (taken from the first row). Every column and
+    setting asked for must be declared (:func:`madmark.columns.declared`, UndeclaredColumn
+    otherwise); declared ones no row has are left out."""
+    columns = [c for c in declared(columns) if any(c in r for r in rows)]
+    settings = declared(settings)
     cells = [[_cell(row.get(c, "")) for c in columns] for row in rows]
     widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
     lines = ["  ".join(c.rjust(w) for c, w in zip(columns, widths))]

@@ -4,6 +4,27 @@ from __future__ import annotations
 import torch
 
 from eval.gaussian import gaussian_stats
+from madcore.columns import Column
+
+_TRUTH = ("the model's closed-form moments (or those of S_t, see moments_from) vs the true "
+          "distribution's")
+#: the columns of :func:`vector_truth_evaluator`, in order
+TRUTH_COLUMNS = (
+    Column("w2_to_true", "2-Wasserstein distance W₂ (not squared) between Gaussians with the two "
+           "moment pairs", "data units", _TRUTH),
+    Column("logdet_cov", "ln det Σ of the fitted covariance", "ln(data units^2D)", _TRUTH),
+    Column("trace_cov", "tr Σ of the fitted covariance", "data units²", _TRUTH),
+    Column("mean_err", "‖μ − μ_true‖", "data units", _TRUTH),
+    Column("moments_from", "where the moments come from: model (closed form) or samples (S_t)",
+           "text", _TRUTH),
+)
+_RAW = "S_t (unmarked samples) vs the reference split, raw values (flattened pixels or vectors)"
+#: the columns of :func:`spread_evaluator`, in order
+SPREAD_COLUMNS = (
+    Column("spread_ratio", "mean per-dimension std of S_t ÷ that of the reference split",
+           "ratio (1 = as spread as real data)", _RAW),
+    Column("spread_n_reference", "reference samples the std is computed on", "count", _RAW),
+)
 
 
 def sample_moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -16,7 +37,8 @@ def vector_truth_evaluator(true_mean: torch.Tensor, true_cov: torch.Tensor):
     """Distance of each generation's fitted distribution to the true one (vector data).
 
     Uses the model's closed-form moments when it has them, else the moments of its samples S_t.
-    Columns: w2_to_true (W₂ between Gaussians with those moments), logdet_cov, trace_cov, mean_err.
+    Columns (:data:`TRUTH_COLUMNS`): w2_to_true (W₂ between Gaussians with those moments),
+    logdet_cov, trace_cov, mean_err, moments_from.
     """
 
     def evaluate(t, samples, model) -> dict:
@@ -34,7 +56,8 @@ def spread_evaluator(reference: torch.Tensor):
     """Diversity proxy on raw values: mean per-dimension std of S_t ÷ that of the real reference.
 
     Computed on flattened pixels (images) or the vectors themselves; 1 = as spread as real data,
-    falling toward 0 as the loop collapses. Columns: spread_ratio, spread_n_reference.
+    falling toward 0 as the loop collapses. Columns (:data:`SPREAD_COLUMNS`): spread_ratio,
+    spread_n_reference.
     """
     ref_std = reference.flatten(1).double().std(0).mean().item()
 

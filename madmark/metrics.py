@@ -4,9 +4,9 @@ Builds the configured feature extractor once per run, extracts the reference fea
 keeps the real k-NN manifold (radii) and the reference feature statistics for every generation:
 a generation only costs the features of its own samples S_t, one real × fake pass, and one FID.
 
-Columns added to each row: precision, recall, density, coverage (k-NN manifolds, k), fid,
-kid, kid_std, and the setting they were computed on: features, n_real_eval, n_fake_eval, k,
-kid_subsets, kid_subset_size.
+Columns added to each row (:data:`COLUMNS`): precision, recall, density, coverage (k-NN
+manifolds, k), fid, kid, kid_std, and the setting they were computed on: features, n_real_eval,
+n_fake_eval, k, kid_subsets, kid_subset_size.
 
 Under ``torchrun`` each rank extracts the features of its ``shard(N)`` of the samples (and of the
 reference, once), and the parts are gathered in rank order, so every rank holds all N features and
@@ -27,9 +27,39 @@ from eval.features.factory import build_lenet_extractor
 from eval.fid import FeatureStats, frechet_distance, kid
 from eval.prdc import RealManifold
 from madcore import dist
+from madcore.columns import Column
 from madcore.rng import generator
 from madmark.data.base import Splits
 from madcore.errors import MadmarkError
+
+_ON = ("S_t (unmarked samples, the first n_fake_eval) vs the reference split (the first "
+       "n_real_eval), in the run's feature space (column features)")
+_SET = "the run's eval config and feature extractor"
+_FEAT = "feature units (of the extractor in column features, e.g. LeNet)"
+#: the columns :class:`GenerationMetrics` writes, in order
+COLUMNS = (
+    Column("precision", "fraction of S_t inside the real k-NN manifold (fidelity)",
+           "fraction in [0, 1]", _ON),
+    Column("recall", "fraction of real samples inside the k-NN manifold of S_t (diversity)",
+           "fraction in [0, 1]", _ON),
+    Column("density", "mean count of real k-NN balls holding a sample of S_t, ÷ k",
+           "ratio (about 1 for real data; may exceed 1)", _ON),
+    Column("coverage", "fraction of real samples whose k-NN ball holds a sample of S_t",
+           "fraction in [0, 1]", _ON),
+    Column("fid", "Fréchet distance between Gaussians fitted to the two feature sets",
+           _FEAT.replace("units", "units²", 1), _ON, when="eval.fid"),
+    Column("kid", "kernel inception distance: mean unbiased MMD² over random subsets, kernel "
+           "(x·y/d + 1)³", "kernel units", _ON, when="eval.kid"),
+    Column("kid_std", "standard deviation of the MMD² over the subsets", "kernel units", _ON,
+           when="eval.kid"),
+    Column("kid_subsets", "random subsets KID averages over", "count", _SET, when="eval.kid"),
+    Column("kid_subset_size", "samples per KID subset (eval.kid_subset_size, capped at both set "
+           "sizes)", "count", _SET, when="eval.kid"),
+    Column("features", "the feature extractor, e.g. lenet(d=...)", "text", _SET),
+    Column("n_real_eval", "reference samples the metrics use", "count", _SET),
+    Column("n_fake_eval", "samples of S_t the metrics use", "count", _SET),
+    Column("k", "neighbourhood size of precision, recall, density and coverage", "count", _SET),
+)
 
 
 def fingerprint(*tensors: Optional[torch.Tensor]) -> str:

@@ -7,7 +7,10 @@ stage, the key table comes first (:data:`KEY_TABLE`: fidelity, inheritance, arti
 growth, filter TPR/FPR, real fraction), then the loop and fidelity, watermark
 (:data:`WATERMARK_TABLE`) and filter (:data:`FILTER_TABLE`) tables. Plots: ``plots/metrics.png``
 (:data:`PLOTTED`) and, with watermark columns, ``plots/artifacts.png`` (:data:`ARTIFACT_PANELS`).
-Absent columns are skipped everywhere. Sweeps of runs: :mod:`madmark.sweep_report`.
+Last, a "Columns" section says what each column of results.csv is (:mod:`madmark.columns`).
+Absent columns are skipped everywhere, but every column named here must be declared
+(:func:`madmark.columns.declared`): a misspelt or renamed one raises UndeclaredColumn on import.
+Sweeps of runs: :mod:`madmark.sweep_report`.
 """
 from __future__ import annotations
 
@@ -18,39 +21,42 @@ from typing import Any, Union
 
 from madcore.figures import new_figure, save_png
 from madcore.files import atomic_write_text
+from madmark.columns import declared, report_section
 
 #: metrics plotted against generation, in panel order (absent columns are skipped)
-PLOTTED = ("precision", "recall", "density", "coverage", "fid", "kid", "spread_ratio",
-           "w2_to_true", "logdet_cov")
+PLOTTED = declared(("precision", "recall", "density", "coverage", "fid", "kid", "spread_ratio",
+                    "w2_to_true", "logdet_cov"))
 #: columns of the loop and fidelity table (absent ones are skipped)
-TABLE = ("generation", "n_pool", "real_fraction", "origin_counts", "precision", "recall",
-         "density", "coverage", "fid", "kid", "spread_ratio", "w2_to_true", "logdet_cov",
-         "trace_cov")
+TABLE = declared(("generation", "n_pool", "real_fraction", "origin_counts", "precision", "recall",
+                  "density", "coverage", "fid", "kid", "spread_ratio", "w2_to_true", "logdet_cov",
+                  "trace_cov"))
 #: columns naming what the metrics were computed on (constant over a run)
-SETTINGS = ("features", "n_real_eval", "n_fake_eval", "k", "kid_subsets", "kid_subset_size",
-            "spread_n_reference", "moments_from")
+SETTINGS = declared(("features", "n_real_eval", "n_fake_eval", "k", "kid_subsets",
+                     "kid_subset_size", "spread_n_reference", "moments_from"))
 #: watermark and artifact columns (inheritance and artifacts: on the unmarked samples S_t)
-WATERMARK_TABLE = ("generation", "wm_psnr", "inherit_bit_acc", "inherit_detect_rate",
-                   "inherit_log10p_median", "artifact_energy", "artifact_energy_se",
-                   "artifact_energy_growth", "band_energy_ratio", "band_energy_ratio_growth")
+WATERMARK_TABLE = declared(("generation", "wm_psnr", "inherit_bit_acc", "inherit_detect_rate",
+                            "inherit_log10p_median", "artifact_energy", "artifact_energy_se",
+                            "artifact_energy_growth", "band_energy_ratio",
+                            "band_energy_ratio_growth"))
 #: filter columns (the filter runs on the pool before generation t is fitted; real_fraction and
 #: n_pool describe the pool after it)
-FILTER_TABLE = ("generation", "filter_n_in", "filter_synth_caught", "filter_synth_missed",
-                "filter_tpr", "filter_real_dropped", "filter_real_drop_rate",
-                "real_fraction_before", "real_fraction", "n_pool")
+FILTER_TABLE = declared(("generation", "filter_n_in", "filter_synth_caught", "filter_synth_missed",
+                         "filter_tpr", "filter_real_dropped", "filter_real_drop_rate",
+                         "real_fraction_before", "real_fraction", "n_pool"))
 #: settings of the watermark metrics (constant over a run)
-WATERMARK_SETTINGS = ("wm_method", "wm_bits", "wm_alpha", "artifact_n_probe",
-                      "artifact_band_fraction", "growth_baseline")
+WATERMARK_SETTINGS = declared(("wm_method", "wm_bits", "wm_alpha", "artifact_n_probe",
+                               "artifact_band_fraction", "growth_baseline"))
 #: the key table of report.md when watermark/filter columns exist (filter FPR =
 #: filter_real_drop_rate, growth = artifact_energy_growth)
-KEY_TABLE = ("generation", "real_fraction", "precision", "recall", "density", "coverage", "fid",
-             "inherit_bit_acc", "inherit_detect_rate", "artifact_energy", "artifact_energy_growth",
-             "filter_tpr", "filter_real_drop_rate")
+KEY_TABLE = declared(("generation", "real_fraction", "precision", "recall", "density", "coverage",
+                      "fid", "inherit_bit_acc", "inherit_detect_rate", "artifact_energy",
+                      "artifact_energy_growth", "filter_tpr", "filter_real_drop_rate"))
 #: the table printed after a run: at most 12 of these exist in any run (vector or image data,
 #: with or without watermark and filter stages)
-CONSOLE_TABLE = ("generation", "n_pool", "real_fraction", "precision", "recall", "coverage",
-                 "fid", "spread_ratio", "w2_to_true", "logdet_cov", "inherit_detect_rate",
-                 "artifact_energy_growth", "filter_tpr", "filter_real_drop_rate")
+CONSOLE_TABLE = declared(("generation", "n_pool", "real_fraction", "precision", "recall",
+                          "coverage", "fid", "spread_ratio", "w2_to_true", "logdet_cov",
+                          "inherit_detect_rate", "artifact_energy_growth", "filter_tpr",
+                          "filter_real_drop_rate"))
 #: panels of plots/artifacts.png: (title, ((column, legend), ...), reference line: a value, a
 #: column whose first value is used, or None); a column ``<c>_se`` next to ``<c>`` is drawn as
 #: ±2·se error bars
@@ -66,6 +72,9 @@ ARTIFACT_PANELS = (
     ("real fraction of the pool", (("real_fraction_before", "before filter"),
                                    ("real_fraction", "trained on")), None),
 )
+declared(c for _, lines, ref in ARTIFACT_PANELS
+         for c in (*(col for col, _ in lines), *((ref,) if isinstance(ref, str) else ())))
+declared(("family", "history", "bias", "filter_n_in"))          # named in the code below
 #: columns whose presence means the run has a watermark or filter stage
 WATERMARK_COLUMNS = tuple(c for c in WATERMARK_TABLE + FILTER_TABLE
                           if c not in ("generation", "real_fraction", "n_pool"))
@@ -87,7 +96,9 @@ def _cell(value: Any) -> str:
 
 
 def markdown_table(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> str:
-    cols = [c for c in columns if any(c in r and r[c] != "" for r in rows)]
+    """The ``columns`` some row has (non-empty) as a markdown table; every requested column must
+    be declared (UndeclaredColumn otherwise), so a rename cannot silently empty a table."""
+    cols = [c for c in declared(columns) if any(c in r and r[c] != "" for r in rows)]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(_cell(r.get(c, "")) for c in cols) + " |" for r in rows]
     return "\n".join(lines)
@@ -218,6 +229,8 @@ def write_report(run_dir: str | Path) -> Path:
     if grids:
         lines.append("Samples: " + ", ".join(f"[{p.stem}](samples/{p.name})" for p in grids))
         lines += ["", f"![last generation](samples/{grids[-1].name})", ""]
+    if first:
+        lines += report_section(first)
     path = run_dir / "report.md"
     atomic_write_text(path, "\n".join(lines))
     return path

@@ -28,17 +28,21 @@ from typing import Any
 from madcore.figures import new_figure, save_png
 from madcore.files import atomic_write_text
 from madcore.errors import MadmarkError
+from madmark.columns import declared
 from madmark.report import _cell, _number
 from madmark.rundir import read_csv, rows_to_csv
 
 #: metrics with a run × generation table and a panel (in order; absent ones are skipped)
-SWEEP_METRICS = ("precision", "recall", "density", "coverage", "fid", "inherit_detect_rate",
-                 "inherit_bit_acc", "artifact_energy", "artifact_energy_growth", "filter_tpr",
-                 "filter_real_drop_rate", "spread_ratio", "w2_to_true")
+SWEEP_METRICS = declared(("precision", "recall", "density", "coverage", "fid",
+                          "inherit_detect_rate", "inherit_bit_acc", "artifact_energy",
+                          "artifact_energy_growth", "filter_tpr", "filter_real_drop_rate",
+                          "spread_ratio", "w2_to_true"))
 
 
 #: metrics compared with the control arm (``arm=control``), when the sweep has one
-CONTROL_DELTAS = ("artifact_energy", "inherit_detect_rate", "precision", "recall", "fid")
+CONTROL_DELTAS = declared(("artifact_energy", "inherit_detect_rate", "precision", "recall",
+                           "fid"))
+declared(("generation",))                                       # named in the code below
 
 
 @dataclass

@@ -29,12 +29,31 @@ import torch
 from omegaconf import DictConfig
 
 from eval.artifacts import ArtifactMeter, WatermarkProbe
+from madcore.columns import Column
 from madcore.errors import MadmarkError
 from madmark.methods import build_method, secret_key
 from watermark import Detector, SecretKey
 from watermark.base import Watermarker
 
 KEY_MODES = ("run", "generation")
+
+_CFG = "the run's watermark config (constant over a run)"
+#: the columns of :meth:`RunWatermark.settings`, in order
+SETTINGS_COLUMNS = (
+    Column("wm_method", "the watermark method (watermark.method)", "text", _CFG),
+    Column("wm_marks", "whether the pooled samples are marked (False: the control arm, measured "
+           "only)", "boolean (True/False)", _CFG),
+    Column("wm_bits", "message length K of the method", "bits", _CFG),
+    Column("wm_alpha", "false-positive rate of detection (inheritance detection rate, filter)",
+           "fraction in (0, 1)", _CFG),
+    Column("wm_key", "where the key comes from: file, or the seed (an experiment key, not "
+           "secret)", "text", _CFG),
+    Column("wm_key_mode", "run (one key) or generation (a key per generation)", "text", _CFG),
+    Column("wm_skip_detected", "whether samples the detector already flags are left unmarked",
+           "boolean (True/False)", _CFG),
+    Column("wm_n_calibration", "reference images the detectors are calibrated on", "count",
+           "the reference split"),
+)
 
 
 def experiment_key(seed: int) -> SecretKey:
@@ -173,7 +192,8 @@ class RunWatermark:
         return evaluate
 
     def settings(self) -> dict:
-        """Constant row columns naming what the watermark columns are computed with."""
+        """Constant row columns naming what the watermark columns are computed with
+        (:data:`SETTINGS_COLUMNS`)."""
         return {"wm_method": self.method_name, "wm_marks": self.marks, "wm_bits": self.num_bits,
                 "wm_alpha": self.alpha,
                 "wm_key": self.key_source, "wm_key_mode": str(self.cfg.key_mode),

@@ -14,8 +14,25 @@ from typing import Callable, Optional
 
 import torch
 
+from madcore.columns import Column
+
 #: Called as ``progress(step, total)`` during ``fit`` so the CLI can draw a progress bar.
 ProgressFn = Callable[[int, int], None]
+
+#: the engine writes a fit statistic ``key`` as the results.csv column ``fit_<key>``
+FIT_PREFIX = "fit_"
+#: what every fit statistic is computed on
+FIT_ON = "generation t's training pool (after the filter), measured by the fit"
+
+
+def fit_column(key: str, meaning: str, unit: str, computed_on: str = FIT_ON) -> Column:
+    """The declaration of fit statistic ``key`` (results.csv column ``fit_<key>``)."""
+    return Column(FIT_PREFIX + key, meaning, unit, computed_on)
+
+
+#: shared by every model whose fit runs a fixed number of training steps
+FIT_STEPS = fit_column("steps", "training steps of the fit (optimizer steps; WGAN-GP: generator "
+                       "steps)", "count")
 
 
 class GenerativeModel(ABC):
@@ -32,6 +49,10 @@ class GenerativeModel(ABC):
     #: Number of classes a conditional model was fitted on (0 = unconditional).
     num_classes: int = 0
 
+    #: The results.csv columns of the statistics ``fit`` returns (``fit_<key>``, see
+    #: :func:`fit_column`), in the order it returns them.
+    fit_columns: tuple[Column, ...] = ()
+
     @abstractmethod
     def fit(self, x: torch.Tensor, generator: torch.Generator,
             progress: Optional[ProgressFn] = None,
@@ -43,7 +64,8 @@ class GenerativeModel(ABC):
 
         ``generator`` (on x's device) is the only source of randomness, so a generation is
         reproducible from its seed. Returns fit statistics (floats) for the generation's row;
-        keys without prefix, the engine prefixes them with ``fit_``.
+        keys without prefix, the engine prefixes them with ``fit_``; :attr:`fit_columns` declares
+        them.
         """
 
     @abstractmethod

@@ -40,7 +40,7 @@ from torch import nn
 from madcore import dist
 
 from ..errors import LoopError
-from .base import GenerativeModel, ProgressFn
+from .base import FIT_STEPS, GenerativeModel, ProgressFn, fit_column
 from .training import (EMA, PRECISIONS, ShuffledIndices, autocast, autocast_dtype,
                        begin_sampling, check_bool, check_choice, check_float, check_int,
                        chunk_spans, load_module, module_state, require_fitted, seeded, wrap_ddp)
@@ -154,6 +154,17 @@ class DDPMModel(GenerativeModel):
     """
 
     accepts = ("image",)
+    fit_columns = (
+        fit_column("loss", "final ε-prediction MSE, EMA-smoothed (decay 0.98, bias-corrected)",
+                   "MSE (unit-variance noise)"),
+        fit_column("loss_initial", "mean ε-prediction MSE of the first 10% of steps",
+                   "MSE (unit-variance noise)"),
+        FIT_STEPS,
+        fit_column("images_per_s", "training throughput over all ranks", "images/s",
+                   "wall clock of the training steps"),
+        fit_column("num_classes", "classes the model is conditioned on (0 = unconditional)",
+                   "count"),
+    )
 
     def __init__(self, timesteps: int = 500, beta_schedule: str = "linear",
                  beta_start: float = 1e-4, beta_end: float = 0.02, base_channels: int = 64,

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from ..errors import LoopError
-from .base import GenerativeModel, ProgressFn
+from .base import FIT_STEPS, GenerativeModel, ProgressFn, fit_column
 from .training import (ShuffledIndices, begin_sampling, check_choice, check_float, check_int,
                        freeze, load_module, map_chunks, module_state, require_fitted, seeded)
 
@@ -159,6 +159,13 @@ class FlowModel(GenerativeModel):
     """
 
     accepts = ("vector",)
+    fit_columns = (
+        fit_column("nll", "final mean negative log-likelihood of the training data",
+                   "nats per sample (data scale)"),
+        fit_column("nll_first", "the same under the initial, data-initialised flow (a diagonal "
+                   "Gaussian)", "nats per sample (data scale)"),
+        FIT_STEPS,
+    )
 
     def __init__(self, n_layers: int = 8, hidden: int = 64, depth: int = 2,
                  scale_max: float = 3.0, steps: int = 1000, batch_size: int = 512,

@@ -19,7 +19,7 @@ from typing import Optional
 import torch
 
 from ..errors import LoopError, check_bias
-from .base import GenerativeModel, ProgressFn
+from .base import GenerativeModel, ProgressFn, fit_column
 
 
 def psd_factor(cov: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -57,6 +57,13 @@ class GaussianModel(GenerativeModel):
     """
 
     accepts = ("vector",)
+    fit_columns = (
+        fit_column("mean_norm", "‖μ̂‖ of the fitted mean (mean over chains)", "data units"),
+        fit_column("trace_cov", "tr Σ̂ of the fitted covariance (mean over chains)",
+                   "data units²"),
+        fit_column("logdet_cov", "ln det Σ̂ of the fitted covariance, −inf if singular (mean "
+                   "over chains)", "ln(data units^2D)"),
+    )
 
     def __init__(self) -> None:
         self._mean: Optional[torch.Tensor] = None   # (…, D) float64

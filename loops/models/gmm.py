@@ -18,7 +18,7 @@ from typing import Optional
 import torch
 
 from ..errors import LoopError, check_bias
-from .base import GenerativeModel, ProgressFn
+from .base import GenerativeModel, ProgressFn, fit_column
 
 _EPS = torch.finfo(torch.float64).eps
 _DIVERGED_FIX = "raise model.reg_covar (e.g. 1e-4) or lower model.n_components"
@@ -33,6 +33,13 @@ class GMMModel(GenerativeModel):
     """Mixture Σ_k w_k N(μ_k, Σ_k) over vectors (N, D); parameters kept in float64."""
 
     accepts = ("vector",)
+    fit_columns = (
+        fit_column("log_likelihood", "mean log-likelihood per sample under the final EM "
+                   "parameters", "nats per sample"),
+        fit_column("n_iter", "EM iterations run", "count"),
+        fit_column("converged", "1 when |Δ log-likelihood| < tol before max_iter, else 0",
+                   "flag (0 or 1)"),
+    )
 
     def __init__(self, n_components: int = 10, max_iter: int = 100, tol: float = 1e-3,
                  reg_covar: float = 1e-6, init: str = "kmeans++", kmeans_iter: int = 10) -> None:

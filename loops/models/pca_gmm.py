@@ -12,12 +12,13 @@ smaller Gram matrix — XᵀX (F × F) when F ≤ N, else XXᵀ (N × N) — wit
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Optional
 
 import torch
 
 from ..errors import LoopError
-from .base import GenerativeModel, ProgressFn
+from .base import FIT_PREFIX, GenerativeModel, ProgressFn, fit_column
 from .gmm import GMMModel
 
 
@@ -45,6 +46,17 @@ class PCAGMMModel(GenerativeModel):
     """GMM in a PCA latent space. Images (N, C, H, W) in [0, 1] or vectors (N, D)."""
 
     accepts = ("image", "vector")
+    fit_columns = (
+        fit_column("explained_variance_ratio", "variance kept by the k PCA axes ÷ total variance",
+                   "fraction in [0, 1]"),
+        fit_column("n_latent", "latent dimension k = min(n_components, features, N − 1)",
+                   "count"),
+        *(replace(c, name=f"{FIT_PREFIX}gmm_{c.name.removeprefix(FIT_PREFIX)}",
+                  meaning=f"latent GMM: {c.meaning}",
+                  computed_on="the k-dimensional PCA codes of generation t's training pool, by "
+                              "the EM fit")
+          for c in GMMModel.fit_columns),
+    )
 
     def __init__(self, n_components: int = 32, gmm_components: int = 10, max_iter: int = 100,
                  tol: float = 1e-3, reg_covar: float = 1e-6, init: str = "kmeans++") -> None:

@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from ..errors import LoopError
-from .base import GenerativeModel, ProgressFn
+from .base import FIT_STEPS, GenerativeModel, ProgressFn, fit_column
 from .training import (EMA, ShuffledIndices, begin_sampling, check_float, check_int, freeze,
                        load_module, map_chunks, module_state, require_fitted, seeded)
 
@@ -151,6 +151,17 @@ class WGANGPModel(GenerativeModel):
     """
 
     accepts = ("image",)
+    fit_columns = (
+        fit_column("critic_loss", "critic loss = gradient_penalty − wasserstein (mean, last 10% "
+                   "of generator steps)", "critic output units"),
+        fit_column("wasserstein", "E D(real) − E D(fake) (mean, last 10% of generator steps)",
+                   "critic output units"),
+        fit_column("gradient_penalty", "weighted gradient penalty (mean, last 10% of generator "
+                   "steps)", "critic output units"),
+        fit_column("generator_loss", "−E D(G(z)) (mean, last 10% of generator steps)",
+                   "critic output units"),
+        FIT_STEPS,
+    )
 
     def __init__(self, latent_dim: int = 128, width: int = 64, steps: int = 10_000,
                  n_critic: int = 5, batch_size: int = 64, lr: float = 1e-4, beta1: float = 0.0,

@@ -19,7 +19,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from eval.artifacts import add_growth
+from eval.growth import add_growth
 from madcore import dist
 from loops.engine import LoopEngine, LoopSettings
 from loops.families import LoopFamily
@@ -107,7 +107,7 @@ def _run_loop(cfg: DictConfig) -> list[dict]:
 
 
 def with_growth(rows: list[dict]) -> list[dict]:
-    """Rows with artifact growth factors (eval.artifacts.add_growth) when they carry artifacts."""
+    """Rows with artifact growth factors (eval.growth.add_growth) when they carry artifacts."""
     if rows and "artifact_energy" in rows[0]:
         return add_growth(rows)
     return rows

@@ -23,3 +23,12 @@ def test_subset_keeps_provenance_aligned():
 def test_mismatched_provenance_is_rejected():
     with pytest.raises(ValueError, match="provenance"):
         Pool(torch.zeros(3, 2), torch.zeros(2, dtype=torch.long), torch.zeros(3, dtype=torch.bool))
+
+
+def test_composition_writes_the_declared_columns_in_order():
+    from loops.pool import COLUMNS
+    from madcore.columns import names
+
+    pool = Pool.cat([Pool.real(torch.zeros(3, 2)),
+                     Pool.synthetic(torch.ones(2, 2), 1, marked=True)])
+    assert tuple(pool.composition()) == names(COLUMNS)

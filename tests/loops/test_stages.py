@@ -11,7 +11,10 @@ from loops.families import LoopFamily
 from loops.models import GaussianModel
 from loops.models.base import GenerativeModel
 from loops.pool import Pool
-from loops.stages import FilterStage, WatermarkStage
+from loops import engine as engine_module
+from loops import pool as pool_module
+from loops.stages import FILTER_COLUMNS, WATERMARK_COLUMNS, FilterStage, WatermarkStage
+from madcore.columns import names
 from madcore.quality import pooled_psnr
 
 SHAPE = (1, 4, 4)
@@ -68,6 +71,7 @@ def test_filter_stage_counts_by_origin():
     assert stats["filter_marked_n"] == 5 and stats["filter_marked_caught"] == 3
     assert stats["real_fraction_before"] == pytest.approx(0.5)
     assert kept.composition()["real_fraction"] == pytest.approx(4 / 6)
+    assert tuple(stats) == names(FILTER_COLUMNS)                # exactly what it declares
 
 
 def test_filter_stage_without_synthetic_reports_nan_tpr():
@@ -89,12 +93,18 @@ def test_watermark_stage_marks_and_reports_psnr():
     assert stats["n_marked_new"] == 6
     assert stats["wm_psnr"] == pytest.approx(pooled_psnr(marked, x))
     assert stats["wm_psnr"] == pytest.approx(-10 * math.log10(0.25 / 16))
+    assert tuple(stats) == names(WATERMARK_COLUMNS)             # exactly what it declares
     with pytest.raises(LoopError, match="needs images"):
         WatermarkStage(mark)(1, torch.zeros(3, 5))
 
 
 def test_engine_marks_pooled_samples_and_filter_catches_them(tmp_path):
     rows = toy_engine(tmp_path).run()
+    # the engine's row: its own columns, the pool's, the filter's, the model's fit statistics,
+    # (no evaluators here) the watermark stage's — each exactly as declared
+    assert tuple(rows[0]) == (*names(engine_module.COLUMNS), *names(pool_module.COLUMNS),
+                              *names(FILTER_COLUMNS), *names(FlatGaussian.fit_columns),
+                              *names(WATERMARK_COLUMNS))
     ckpt = Checkpoints(tmp_path)
     for t in (1, 2, 3):
         record = ckpt.load(t)

@@ -1,0 +1,45 @@
+"""Every model's ``fit`` returns exactly the statistics its ``fit_columns`` declare, in order
+(the engine writes them as ``fit_<key>``)."""
+import pytest
+import torch
+
+from loops.models import (DDPMModel, FlowModel, GaussianModel, GMMModel, PCAGMMModel,
+                          WGANGPModel)
+from loops.models.base import FIT_PREFIX
+from tests.loops.models.test_ddpm import TINY as DDPM_TINY
+from tests.loops.models.test_wgan import SMALL as WGAN_SMALL
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def vectors(n=64, d=2):
+    return torch.randn(n, d, generator=torch.Generator().manual_seed(0))
+
+
+def images(n=32):
+    return torch.rand(n, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+
+
+CASES = {
+    "gaussian": (GaussianModel, vectors),
+    "gmm": (lambda: GMMModel(n_components=2, max_iter=5), vectors),
+    "pca_gmm": (lambda: PCAGMMModel(n_components=4, gmm_components=2, max_iter=5), images),
+    "flow": (lambda: FlowModel(n_layers=2, hidden=8, steps=2, batch_size=32), vectors),
+    "ddpm": (lambda: DDPMModel(**{**DDPM_TINY, "train_steps": 2}), images),
+    "wgan": (lambda: WGANGPModel(**{**WGAN_SMALL, "steps": 2}), images),
+}
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_fit_returns_the_declared_statistics(name):
+    make, data = CASES[name]
+    model = make()
+    stats = model.fit(data(), torch.Generator().manual_seed(0))
+    declared = [c.name.removeprefix(FIT_PREFIX) for c in model.fit_columns]
+    assert list(stats) == declared
+    assert all(c.name.startswith(FIT_PREFIX) for c in model.fit_columns)
+
+
+def test_every_builtin_model_declares_its_fit_columns():
+    for cls in (GaussianModel, GMMModel, PCAGMMModel, FlowModel, DDPMModel, WGANGPModel):
+        assert cls.fit_columns, cls.__name__
