@@ -10,6 +10,7 @@ One implementation each of what every layer above needs:
     madcore.errors    MadmarkError: a problem the user can fix, one line, exit code 2
     madcore.images    one image reader (any Pillow mode, 16-bit, alpha) and the PNG writer
     madcore.figures   matplotlib figures through the object API (no global backend switch)
+    madcore.faults    a test-only hook that SIGKILLs the process at a named point (resume tests)
 
 ``loops``, ``watermark``, ``eval`` and ``madmark`` import it; it imports none of them.
 """
