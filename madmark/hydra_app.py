@@ -180,6 +180,8 @@ class Preflight(Callback):
                 get_method(self.check)(job, output_dir.absolute())
         except MadmarkError as error:
             sys.exit(report_error(error))
+        except OmegaConfBaseException:
+            return                       # e.g. a ??? value: the task reports it in one line
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         try:
