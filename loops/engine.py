@@ -7,6 +7,7 @@ One generation t (DESIGN.md):
     S_t     = model_t.sample(n_s, bias=λ)           conditional models: uniformly drawn labels
     row_t   = pool composition + filter and fit stats + evaluators(S_t)   (S_t unmarked)
     S_t'    = watermark(t, S_t)                     optional: what enters later pools is marked
+    sample_hooks(t, S_t)                            e.g. the sample grid, before the checkpoint
     history.append(S_t'); checkpoint g<t> atomically; hooks(t, S_t, rows)
 
 The engine knows nothing of data files, configs or run directories: it gets real data as tensors
@@ -27,6 +28,7 @@ import torch
 
 from madcore import dist
 from madcore.columns import Column
+from madcore.faults import kill_point
 from loops.checkpoint import Checkpoints
 from loops.errors import LoopError, check_bias
 from loops.families import LoopFamily
@@ -42,6 +44,10 @@ Evaluator = Callable[[int, torch.Tensor, GenerativeModel], dict[str, Any]]
 #: generations 1..t (sample grids, results.csv). Hooks run on every rank: writers check
 #: ``madcore.dist.is_main()``.
 Hook = Callable[[int, torch.Tensor, list[Row]], None]
+#: ``sample_hook(t, samples)`` runs once S_t is drawn and evaluated, before generation t's
+#: checkpoint is written, so whatever it writes exists for every checkpointed generation (a process
+#: killed between it and the checkpoint recomputes generation t and rewrites it identically).
+SampleHook = Callable[[int, torch.Tensor], None]
 
 #: the columns the engine itself writes first in every row (then the pool's composition, the
 #: filter stage's, the model's ``fit_`` statistics, the evaluators' and the watermark stage's)
@@ -117,6 +123,7 @@ class LoopEngine:
         device: where pools, models and samples live.
         evaluators: add metric columns to each row, computed on the unmarked samples S_t.
         hooks: run after each generation is checkpointed.
+        sample_hooks: run with each generation's unmarked samples S_t before its checkpoint.
         progress: ``progress(t) -> ProgressFn`` builds a fit progress callback for generation t.
         watermark: optional stage marking the pooled part of S_t before it enters later pools.
         filter: optional stage dropping flagged pool samples before each fit.
@@ -130,6 +137,7 @@ class LoopEngine:
     device: torch.device = torch.device("cpu")
     evaluators: list[Evaluator] = field(default_factory=list)
     hooks: list[Hook] = field(default_factory=list)
+    sample_hooks: list[SampleHook] = field(default_factory=list)
     progress: Optional[Callable[[int], Optional[ProgressFn]]] = None
     watermark: Optional[WatermarkStage] = None
     filter: Optional[FilterStage] = None
@@ -228,6 +236,8 @@ class LoopEngine:
             x[pooled] = marked_x.to(x.dtype)
             produced = Pool(x, produced.origin, pooled.clone(), produced.label)
             row.update(wm_stats)
+        for hook in self.sample_hooks:
+            hook(t, samples)
         if dist.is_main():                          # the other ranks hold the same state
             self.checkpoints.save(t, {"generation": t, "samples": produced.x.cpu(),
                                       "origin": produced.origin.cpu(),
@@ -235,4 +245,5 @@ class LoopEngine:
                                       "label": produced.label.cpu(),
                                       "model": {k: v.cpu() for k, v in model.state_dict().items()},
                                       "row": row})
+            kill_point("after-checkpoint")          # tests only (madcore.faults)
         return samples, produced, row

@@ -11,6 +11,7 @@ One implementation each of what every layer above needs:
     madcore.images    one image reader (any Pillow mode, 16-bit, alpha) and the PNG writer
     madcore.figures   matplotlib figures through the object API (no global backend switch)
     madcore.columns   Column: a results.csv column declared once (meaning, unit, computed on)
+    madcore.faults    a test-only hook that SIGKILLs the process at a named point (resume tests)
 
 ``loops``, ``watermark``, ``eval`` and ``madmark`` import it; it imports none of them.
 """

@@ -22,6 +22,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from madcore.faults import kill_point
+
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -61,6 +63,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        kill_point(f"before-rename:{path.name}")       # tests only (madcore.faults)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -4,18 +4,29 @@ Every Hydra command of the CLI composes ``configs/config.yaml`` (or another prim
 checks group choices before Hydra does (so an unknown ``data=foo`` gets a one-line error naming
 the choices), and turns :class:`MadmarkError` / :class:`LoopError` into ``madmark: error: ...`` with
 exit code 2. ``debug=true`` re-raises with the traceback.
+
+A command's primary config may name the :class:`Preflight` callback (``hydra.callbacks``): it
+checks the composed config before Hydra creates the output folder, and records what that folder
+held, so that :func:`discard_new_output` can remove exactly what a failed command created (Hydra's
+``.hydra/`` and log included) and nothing that was there before.
 """
 from __future__ import annotations
 
+import copy
 import os
+import shutil
 import sys
+from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Iterator, Optional
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import MissingMandatoryValue
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+from hydra.utils import get_method
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from madcore.errors import MadmarkError
 
@@ -47,6 +58,138 @@ def check_group_overrides(overrides: list[str]) -> None:
                                    f"choose {key}= one of {', '.join(choices)}")
 
 
+def is_group_override(override: str) -> bool:
+    """``data=mnist5k``, ``+experiment=x``, ``~filter``: a choice of a config group (a folder of
+    configs/), not a key=value setting."""
+    key = override.lstrip("+~").partition("=")[0]
+    return "." not in key and not key.startswith("hydra") and bool(group_choices(key))
+
+
+def baseline_config(config_name: str, overrides: list[str]) -> Optional[DictConfig]:
+    """The config as the files give it for these group choices: ``overrides`` without their
+    key=value settings, composed (inside a running Hydra app); None if that fails."""
+    try:
+        return hydra.compose(config_name=config_name,
+                             overrides=[o for o in overrides if is_group_override(o)])
+    except Exception:                # an override Hydra would reject anyway: no implied types
+        return None
+
+
+# -- what a failed command leaves behind ------------------------------------------------------
+#: output folder -> the names it held before this command (None: it did not exist)
+_BEFORE: dict[Path, Optional[frozenset[str]]] = {}
+#: output folder -> the highest folder on its path that this command created
+_CREATED_TOP: dict[Path, Path] = {}
+
+
+def remember_output(path: str | Path) -> None:
+    """Record what ``path`` (an output folder Hydra is about to create or fill) holds now."""
+    path = Path(path).absolute()
+    _BEFORE[path] = frozenset(p.name for p in path.iterdir()) if path.is_dir() else None
+    top, q = None, path
+    while not q.exists() and q != q.parent:
+        top, q = q, q.parent
+    if top is not None:
+        _CREATED_TOP[path] = top
+
+
+def _before(path: Path) -> tuple[str, Optional[frozenset[str]]]:
+    """("new" | "existed" | "unknown", the names it held: None if unknown) for an output folder
+    or a sweep job's folder inside a recorded sweep folder."""
+    if path in _BEFORE:
+        names = _BEFORE[path]
+        return ("new", None) if names is None else ("existed", names)
+    if path.parent in _BEFORE:                   # a multirun job inside the sweep folder
+        names = _BEFORE[path.parent]
+        return ("new", None) if names is None or path.name not in names else ("existed", None)
+    return "unknown", None
+
+
+def discard_new_output(path: str | Path, run_is_ours: bool) -> None:
+    """Remove what this command created in the output folder ``path`` after it failed before any
+    generation finished: the folder itself if it is new, else only the entries it did not hold
+    before; then the empty folders this command created above it (a sweep folder holding nothing
+    but Hydra's multirun.yaml too). Never touched: a folder holding checkpoints, or a run
+    (config.yaml) this command did not start (``run_is_ours=False``). A folder of unknown history
+    (a joblib worker's sweep job) is removed as a new one (under a new sweep folder it is)."""
+    from loops.checkpoint import Checkpoints
+
+    path = Path(path).absolute()
+    if not path.is_dir() or Checkpoints(path / "state").on_disk():
+        return
+    if (path / "config.yaml").exists() and not run_is_ours:
+        return
+    state, names = _before(path)
+    if state == "existed":
+        if names is None:                        # what it held is not known: leave it as it is
+            return
+        for entry in path.iterdir():
+            if entry.name not in names:
+                shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() \
+                    else entry.unlink(missing_ok=True)
+        return
+    shutil.rmtree(path, ignore_errors=True)
+    top = _CREATED_TOP.get(path) or _CREATED_TOP.get(path.parent)
+    if top is None or top == path or top not in path.parents:
+        return
+    q = path.parent
+    while True:
+        left = [p.name for p in q.iterdir()] if q.is_dir() else []
+        if left not in ([], ["multirun.yaml"]):
+            return
+        shutil.rmtree(q, ignore_errors=True)
+        if q == top:
+            return
+        q = q.parent
+
+
+@contextmanager
+def _hydra_config(config: DictConfig) -> Iterator[None]:
+    """HydraConfig set to ``config`` (``${hydra:...}`` resolves) for the block, then restored."""
+    instance = HydraConfig.instance()
+    before = instance.cfg
+    instance.set_config(config)
+    try:
+        yield
+    finally:
+        instance.cfg = before
+
+
+class Preflight(Callback):
+    """Hydra callback (``hydra.callbacks``): before Hydra creates a run's output folder, record
+    what it holds (:func:`discard_new_output`) and call ``check(cfg, output_dir)`` — a dotted
+    name — on the composed config; its MadmarkError is printed as one line, exit code 2, and no
+    folder is created. A sweep's folder is only recorded (each job checks its own config)."""
+
+    def __init__(self, check: Optional[str] = None):
+        self.check = check
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        try:
+            output_dir = Path(str(OmegaConf.select(config, "hydra.run.dir")))
+        except OmegaConfBaseException:
+            return                       # Hydra reports it itself
+        remember_output(output_dir)
+        if self.check is None or config.get("debug", False) in (True, "true"):
+            return                       # debug: the task raises it, with the traceback
+        job = copy.deepcopy(config)
+        with read_write(job), open_dict(job):
+            del job["hydra"]
+        try:
+            with _hydra_config(config):
+                get_method(self.check)(job, output_dir.absolute())
+        except MadmarkError as error:
+            sys.exit(report_error(error))
+        except OmegaConfBaseException:
+            return                       # e.g. a ??? value: the task reports it in one line
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        try:
+            remember_output(Path(str(OmegaConf.select(config, "hydra.sweep.dir"))))
+        except OmegaConfBaseException:
+            pass
+
+
 def report_error(error: BaseException) -> int:
     print(f"madmark: error: {error}", file=sys.stderr)
     return 2
@@ -66,6 +209,8 @@ def run_hydra(command: str, task: Callable[[DictConfig], None], args: list[str],
     """Run ``task`` under ``hydra.main`` with ``args`` as the command line overrides
     (``resume=<dir>`` continues in that folder, see :func:`resume_overrides`)."""
     args = resume_overrides(args)
+    _BEFORE.clear()
+    _CREATED_TOP.clear()
     debug = any(a in ("debug=true", "debug=True") for a in args)
     try:
         check_group_overrides([a for a in args if not a.startswith("-")])

@@ -1,11 +1,15 @@
 """Build a watermark method by name for an image size (shared by embed, detect and the loop)."""
 from __future__ import annotations
 
+import os
+import stat
+
 from watermark import (BaselineUnavailableError, DwtDct, DwtDctSvd, RivaGAN, SecretKey,
                        SpreadSpectrum, UnsupportedImageError)
 from watermark import load as load_card
 from watermark.base import Watermarker
 from watermark.cards import CARDS_DIR
+from watermark.keys import MAX_KEY_FILE_BYTES
 
 from madcore.errors import MadmarkError
 
@@ -97,17 +101,32 @@ def skip_reason(error: UnsupportedImageError, name: str) -> str:
 
 
 def secret_key(key: str, key_file: str) -> SecretKey:
-    """The run's secret key from ``key=`` or ``key_file=`` (exactly one)."""
+    """The run's secret key from ``key=`` or ``key_file=`` (exactly one). A key file that is not
+    a readable regular file, is larger than 1 MiB (MAX_KEY_FILE_BYTES) or holds only whitespace is
+    refused with a MadmarkError; the key never appears in it."""
     if bool(key) == bool(key_file):
         raise MadmarkError("give the secret key exactly once",
                            "pass key_file=<path to a key file> (preferred) or key=<secret>")
     if key_file:
+        fix = "pass key_file=<a readable file holding the secret>"
+        try:
+            info = os.stat(os.path.expanduser(key_file))
+        except (OSError, ValueError) as e:      # ValueError: a NUL in the path
+            raise MadmarkError(f"cannot read key_file={key_file} ({type(e).__name__})",
+                               fix) from None
+        if not stat.S_ISREG(info.st_mode):
+            raise MadmarkError(f"key_file={key_file} is not a regular file", fix)
+        if info.st_size > MAX_KEY_FILE_BYTES:
+            raise MadmarkError(f"key_file={key_file} is {info.st_size:,} bytes, more than the "
+                               "1 MiB a key file may hold (a key is a few dozen bytes: is it the "
+                               "right file?)", fix)
         try:
             return SecretKey.from_file(key_file)
         except OSError as e:
             raise MadmarkError(f"cannot read key_file={key_file} ({type(e).__name__})",
-                               "pass the path of a readable key file") from e
-        except ValueError as e:                       # empty, only whitespace, or over 1 MiB
-            raise MadmarkError(f"key_file={key_file}: {e}",
-                               "write the secret key (a line of text) into the file") from e
+                               fix) from None
+        except ValueError:                  # SecretKey.from_file: only whitespace in it
+            raise MadmarkError(f"key_file={key_file} is empty (or only whitespace)",
+                               "write the secret into it, e.g. python -c \"import secrets; "
+                               "print(secrets.token_hex(32))\" > <key file>") from None
     return SecretKey(key)

@@ -25,9 +25,11 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from eval.radioactivity import RadioactivityResult, radioactivity_test
+from loops.checkpoint import CheckpointError
 from madcore.rng import generator
 from madcore.errors import MadmarkError
 from madmark.rundir import RunDir
+from madmark.run_opening import resume_command
 from madmark.watermarking import RunWatermark
 
 
@@ -64,9 +66,21 @@ def load_model(run: RunDir, generation: Optional[int], device: torch.device) -> 
         raise MadmarkError(f"run {run.path} has no finished generation {t} (finished: "
                            f"1..{finished[-1]})", f"pass generation= between 1 and {finished[-1]}")
     cfg = run.read_config()
-    record = run.checkpoints.load(t, map_location=device)
+    try:
+        record = run.checkpoints.load(t, map_location=device)
+    except CheckpointError as error:       # refused by safe loading, unreadable, or not one
+        other = [g for g in finished if g != t]
+        instead = f"test another generation (generation={other[-1]}), or " if other else ""
+        raise error.with_fix(f"{instead}recompute generation {t} and later with: "
+                             f"{resume_command(run, t)} (the checkpoints are moved aside, not "
+                             "deleted)")
     model = instantiate(cfg.model)
-    model.load_state_dict(record["model"])
+    try:
+        model.load_state_dict(record["model"])
+    except (KeyError, RuntimeError, TypeError, ValueError) as error:
+        raise MadmarkError(f"checkpoint {run.checkpoints.path(t)} does not hold a model of the "
+                           f"run's config ({type(error).__name__})",
+                           f"recompute generation {t} with: {resume_command(run, t)}") from None
     return LoadedModel(model, t, tuple(record["samples"].shape[1:]), cfg)
 
 

@@ -1,19 +1,25 @@
 """Which run directory a ``madmark run`` process works in — new, resumed (``resume=<dir>``) or
-auto-resumed (``auto_resume=true``, a requeued job) — agreed on by every rank under torchrun."""
+auto-resumed (``auto_resume=true``, a requeued job) — agreed on by every rank under torchrun, and
+the integrity check and repair of a run directory before it continues (:func:`prepare_resume`)."""
 from __future__ import annotations
 
+import csv
+import io
 import os
+import shutil
+from datetime import datetime, timezone
 from typing import Any, Callable, Optional
 
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from loops.checkpoint import CheckpointError
 from madcore import dist
 from madcore.errors import MadmarkError
-from madmark.rundir import RunDir
+from madmark.rundir import RunDir, results_rows, rows_to_csv
 
 #: keys that may differ between a run and its relaunch (they change no number)
-VOLATILE_KEYS = ("progress", "debug", "auto_resume")
+VOLATILE_KEYS = ("progress", "debug", "auto_resume", "resume_from")
 
 
 def config_changes(recorded: DictConfig, asked: DictConfig) -> list[str]:
@@ -127,11 +133,163 @@ def agree_on_run(cfg: DictConfig, check: Optional[Callable[[DictConfig], Any]] =
                  ) -> tuple[RunDir, DictConfig, bool, bool]:
     """:func:`open_run` agreed across ranks (:func:`agree`), with whether the run is already
     complete. ``check(run_config)`` runs on rank 0 before anything is written (its MadmarkError
-    is raised on every rank)."""
+    is raised on every rank); a resumed run directory is checked and repaired
+    (:func:`prepare_resume`) on rank 0 before the other ranks read it."""
     def opened(cfg: DictConfig):
         run, run_cfg, resumed = open_run(cfg)
         if check is not None:
             check(run_cfg)
-        return run, run_cfg, resumed, run.read_status().get("state") == "complete"
+        complete = False
+        if resumed:
+            for note in prepare_resume(run, run_cfg, cfg.get("resume_from")):
+                print(f"resume: {note}", flush=True)
+            generations = int(run_cfg.loop.generations)
+            complete = (run.read_status().get("state") == "complete"
+                        and len(run.checkpoints.finished()) >= generations)
+        return run, run_cfg, resumed, complete
 
     return agree(opened, cfg)
+
+
+# -- integrity of a run directory that continues ------------------------------------------------
+def resume_command(run: RunDir, t: int) -> str:
+    """The command that continues ``run`` from generation ``t`` (recomputing t and later)."""
+    return f"madmark run resume={run.path} resume_from={t}"
+
+
+def _aside_note(t: int) -> str:
+    return (f"(g{t:04d}.pt and later checkpoints are moved aside to state/set-aside-<time>/, "
+            "nothing is deleted)")
+
+
+def set_aside(run: RunDir, t: int) -> list[str]:
+    """``resume_from=t``: move ``state/g<t>.pt`` and every later checkpoint, and a copy of
+    results.csv, to ``state/set-aside-<UTC time>/``; generations t, t+1, ... are recomputed."""
+    n = len(run.checkpoints.finished())
+    if isinstance(t, str) and t.strip().lstrip("-").isdigit():     # resume_from='3'
+        t = int(t)
+    if isinstance(t, bool) or not isinstance(t, int) or not 1 <= t <= n + 1:
+        raise MadmarkError(f"resume_from={t!r} is not a generation to continue from (run "
+                           f"{run.path} has generations 1..{n} finished)" if n else
+                           f"resume_from={t!r} is not a generation to continue from (run "
+                           f"{run.path} has no finished generation)",
+                           f"set resume_from between 1 and {n + 1}")
+    later = [g for g in run.checkpoints.on_disk() if g >= t]
+    if not later:
+        return [f"resume_from={t}: no checkpoint of generation {t} or later to set aside"]
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    folder = run.checkpoints.folder / f"set-aside-{stamp}"
+    suffix = 1
+    while folder.exists():
+        suffix += 1
+        folder = run.checkpoints.folder / f"set-aside-{stamp}-{suffix}"
+    folder.mkdir()
+    results = run.path / "results.csv"
+    if results.is_file():
+        shutil.copy2(results, folder / "results.csv")
+    for g in later:
+        os.replace(run.checkpoints.path(g), folder / run.checkpoints.path(g).name)
+    names = ", ".join(f"g{g:04d}.pt" for g in later)
+    return [f"resume_from={t}: moved {names}{' and results.csv (a copy)' * results.is_file()} "
+            f"to {folder}; recomputing from generation {t}"]
+
+
+def _derived(column: str) -> bool:
+    """results.csv columns recomputed from all the rows at each write (they may change as rows
+    come: artifact growth against its baseline generation)."""
+    return column.endswith("_growth") or column == "growth_baseline"
+
+
+def _disagreement(text: str, expected: str, n_rows: int) -> Optional[str]:
+    """None when results.csv text is the checkpoints' results.csv or an earlier, shorter state of
+    it (a kill before its rewrite, a truncated file); else how it differs."""
+    if text == expected or expected.startswith(text):
+        return None
+    try:
+        have = list(csv.DictReader(io.StringIO(text)))
+    except csv.Error:
+        return "it is not a readable CSV file"
+    want = list(csv.DictReader(io.StringIO(expected)))
+    if len(have) > len(want):
+        return (f"it has {len(have)} rows, the checkpoints {n_rows} (generations "
+                f"{'1..' + str(n_rows) if n_rows else 'none'})")
+    for i, (a, b) in enumerate(zip(have, want), start=1):
+        if a.get("generation") != b.get("generation"):
+            return f"its row {i} is generation {a.get('generation')!r}, not {b['generation']}"
+        for column, value in a.items():
+            if column is not None and not _derived(column) and value != b.get(column, ""):
+                return (f"generation {b['generation']}, {column}: {value!r} there, "
+                        f"{b.get(column, '')!r} in state/g{int(b['generation']):04d}.pt")
+    return None
+
+
+def prepare_resume(run: RunDir, cfg: DictConfig, resume_from: Optional[int] = None) -> list[str]:
+    """Check and repair a run directory before it continues; returns what was done.
+
+    1. temporary files a killed writer left (``madcore.files.is_temporary``) are removed;
+    2. ``resume_from=t``: checkpoints of t and later are set aside (:func:`set_aside`);
+    3. every checkpoint is loaded, by safe loading only: one that is refused, unreadable, or
+       comes after a missing one stops the resume with the command that continues from the
+       generation before it (nothing is changed);
+    4. results.csv is rewritten from the checkpoints' rows (each holds its own) when it lacks
+       some of them (killed between a checkpoint and results.csv, or a truncated file); one that
+       disagrees with them otherwise is refused with the difference;
+    5. a missing sample grid of a finished generation is written from its checkpoint (for a
+       watermarked run: from the samples as they entered later pools, i.e. marked).
+    """
+    notes = []
+    removed = run.remove_temporaries()
+    if removed:
+        notes.append(f"removed {len(removed)} temporary file(s) a killed writer left: "
+                     + ", ".join(str(p.relative_to(run.path)) for p in removed[:5])
+                     + (", ..." if len(removed) > 5 else ""))
+    if resume_from is not None:
+        notes += set_aside(run, resume_from)
+    finished = run.checkpoints.finished()
+    after_gap = [t for t in run.checkpoints.on_disk() if t not in finished]
+    if after_gap:
+        gap = len(finished) + 1
+        raise MadmarkError(f"{run.checkpoints.folder} holds "
+                           f"{', '.join(f'g{t:04d}.pt' for t in after_gap)} but no g{gap:04d}.pt "
+                           f"(generation {gap} is missing)",
+                           f"continue from generation {gap - 1}, recomputing {gap} and later, "
+                           f"with: {resume_command(run, gap)} {_aside_note(gap)}")
+    rows, grid_n = [], int(cfg.get("samples_grid", 0) or 0)
+    for t in finished:
+        try:
+            record = run.checkpoints.load(t)
+        except CheckpointError as error:
+            before = (f"continue from generation {t - 1}, recomputing {t} and later" if t > 1
+                      else "recompute the run from its start")
+            raise error.with_fix(f"{before}, with: {resume_command(run, t)} {_aside_note(t)}")
+        rows.append(record["row"])
+        samples = record["samples"]
+        if grid_n > 0 and samples.dim() == 4 and not run.grid_path(t).is_file():
+            run.save_grid(t, samples, n=grid_n)
+            notes.append(f"wrote the missing samples/{run.grid_path(t).name} from its checkpoint")
+    results = run.path / "results.csv"
+    expected = rows_to_csv(results_rows(rows)) if rows else ""
+    try:
+        text = results.read_text() if results.is_file() else ""
+    except (OSError, UnicodeDecodeError):
+        text = None
+    if text == expected:
+        return notes
+    if resume_from is None:
+        why = "it is unreadable" if text is None else _disagreement(text, expected, len(rows))
+        if why is not None:
+            n = len(rows)
+            raise MadmarkError(f"{results} disagrees with the run's checkpoints ({why})",
+                               "the checkpoints hold every finished row: move results.csv aside "
+                               f"(mv {results} {results}.old) and resume again to rewrite it "
+                               f"from them, or recompute from a generation t <= {n + 1} with: "
+                               f"{resume_command(run, n + 1)}")
+    if rows:
+        run.write_results(results_rows(rows))
+        notes.append(f"rewrote results.csv from the checkpoints (generations 1..{len(rows)}; it "
+                     + ("was unreadable)" if text is None else
+                        f"had {max(text.count(chr(10)) - 1, 0)} complete rows)"))
+    elif results.is_file():
+        results.unlink()
+        notes.append("removed results.csv: no generation is finished (its copy is set aside)")
+    return notes

@@ -7,6 +7,8 @@
     <run_dir>/results.csv      one row per finished generation
     <run_dir>/samples/g<t>.png sample grid per generation (image data)
     <run_dir>/tracking.json    with logger=tensorboard|mlflow: what was logged where (madmark.tracking)
+    <run_dir>/state/set-aside-<time>/   checkpoints moved aside by resume_from=<t> (and the
+                               results.csv of then)
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import io
 import json
 import os
 import platform
+import shutil
 import sys
 from datetime import datetime, timezone
 from importlib import metadata
@@ -24,8 +27,10 @@ from typing import Any, Iterable
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from eval.growth import add_growth
 from loops.checkpoint import Checkpoints
-from madcore.files import atomic_write_bytes, atomic_write_text
+from madcore.errors import MadmarkError
+from madcore.files import atomic_write_bytes, atomic_write_text, is_temporary
 
 _PACKAGES = ("madmark", "torch", "torchvision", "numpy", "scipy", "kornia", "torchmetrics",
              "hydra-core", "omegaconf", "scikit-learn", "scikit-image", "mlxtend")
@@ -73,6 +78,14 @@ def rows_to_csv(rows: Iterable[dict[str, Any]]) -> str:
     return out.getvalue()
 
 
+def results_rows(rows: list[dict]) -> list[dict]:
+    """The rows of results.csv from the engine's rows: with artifact growth factors
+    (eval.growth.add_growth) when they carry artifacts."""
+    if rows and "artifact_energy" in rows[0]:
+        return add_growth(rows)
+    return rows
+
+
 def read_csv(path: str | Path) -> list[dict[str, str]]:
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
@@ -96,7 +109,16 @@ class RunDir:
         atomic_write_text(self.config_path, OmegaConf.to_yaml(cfg, resolve=True))
 
     def read_config(self) -> DictConfig:
-        return OmegaConf.load(self.config_path)
+        try:
+            cfg = OmegaConf.load(self.config_path)
+        except Exception as error:        # OSError, YAML and OmegaConf errors
+            raise MadmarkError(f"{self.config_path} is unreadable ({type(error).__name__})",
+                               "restore the run's config.yaml (it is the run's recorded "
+                               "config)") from None
+        if not isinstance(cfg, DictConfig):
+            raise MadmarkError(f"{self.config_path} is not a config (a YAML mapping)",
+                               "restore the run's config.yaml (it is the run's recorded config)")
+        return cfg
 
     def write_env(self, env: dict[str, Any], name: str = "env.json") -> None:
         atomic_write_text(self.path / name, json.dumps(env, indent=2, default=str) + "\n")
@@ -106,8 +128,24 @@ class RunDir:
                           json.dumps({"state": state, **info}, indent=2) + "\n")
 
     def read_status(self) -> dict[str, Any]:
+        """status.json, or {} when it is absent or unreadable (a resume rewrites it)."""
         path = self.path / "status.json"
-        return json.loads(path.read_text()) if path.is_file() else {}
+        try:
+            status = json.loads(path.read_text()) if path.is_file() else {}
+        except (OSError, ValueError):
+            return {}
+        return status if isinstance(status, dict) else {}
+
+    def remove_temporaries(self) -> list[Path]:
+        """Remove the temporary files and folders a killed atomic writer left anywhere in the run
+        directory (madcore.files.is_temporary); returns them."""
+        found = [p for p in self.path.rglob(".*.tmp") if is_temporary(p)]
+        for p in found:
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
+        return found
 
     def write_results(self, rows: list[dict[str, Any]]) -> None:
         atomic_write_text(self.path / "results.csv", rows_to_csv(rows))

@@ -8,29 +8,40 @@
 
 Under torchrun (docs/scaling.md) every rank runs the loop; rank 0 picks the run directory and the
 resume decision and broadcasts them, and only rank 0 writes (Hydra's own files included).
+
+Bad input never costs a traceback or a file: the config is checked against its declared and
+implied types (madmark.config_schema), the device and the run directory before Hydra creates the
+directory (:func:`preflight`); a run that fails before its first generation finishes leaves no
+directory (:func:`discard_new_output`); a resumed one is checked and repaired first
+(madmark.run_opening.prepare_resume).
 """
 from __future__ import annotations
 
-import shutil
+import os
+import pickle
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
 
 import torch
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from eval.growth import add_growth
 from madcore import dist
 from loops.engine import LoopEngine, LoopSettings
 from loops.families import LoopFamily
 from loops.stages import FilterStage, WatermarkStage
+from madmark.config_schema import check_config, implied_types
 from madmark.console import GenerationProgress, format_table
 from madcore.errors import MadmarkError
 from madmark.evaluation import spread_evaluator, vector_truth_evaluator
-from madmark.hydra_app import report_error, run_hydra
+from madmark.hydra_app import baseline_config, discard_new_output, report_error, run_hydra
 from madmark.metrics import GenerationMetrics, make_extractor
 from madmark.report import CONSOLE_TABLE, SETTINGS, WATERMARK_SETTINGS, write_report
-from madmark.rundir import RunDir, environment
+from madmark.rundir import RunDir, environment, results_rows
 from madmark.run_opening import agree_on_run, backend, torchrun_args
 from madmark.tracking import logger_config, open_tracking
 from madmark.watermarking import RunWatermark, build_run_watermark
@@ -42,7 +53,11 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     else:
-        device = torch.device(name)
+        try:
+            device = torch.device(name)
+        except (RuntimeError, TypeError, ValueError):
+            raise MadmarkError(f"device={name!r} is not a device",
+                               "set device=cpu, cuda, cuda:<N> or auto") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise MadmarkError(f"device={name} but no CUDA GPU is available",
                            "set device=cpu (or device=auto)")
@@ -66,18 +81,100 @@ def loop_settings(cfg: DictConfig, n_train: int) -> LoopSettings:
                         n_synthetic=n_synthetic, bias=float(cfg.loop.bias), seed=int(cfg.seed))
 
 
+def check_run_config(cfg: DictConfig) -> None:
+    """The settings' types: declared (madmark.config_schema.RunSchema) and, inside a Hydra app,
+    implied by the config files for the groups chosen; ``resume_from`` needs ``resume``."""
+    implied = {}
+    if HydraConfig.initialized():
+        hydra_cfg = HydraConfig.get()
+        baseline = baseline_config(hydra_cfg.job.config_name, list(hydra_cfg.overrides.task))
+        if baseline is not None:
+            implied = implied_types(baseline)
+    check_config(cfg, implied)
+    if cfg.get("resume_from") is not None and not cfg.get("resume"):
+        raise MadmarkError(f"resume_from={cfg.resume_from} needs resume=<run_dir>",
+                           f"run madmark run resume=<run_dir> resume_from={cfg.resume_from}")
+
+
+def preflight(cfg: DictConfig, output_dir: Path) -> None:
+    """What can be checked before Hydra creates the run directory (madmark.hydra_app.Preflight):
+    the config (:func:`check_run_config`) and, for a new run, the device and that the directory
+    holds no run yet. A resumed run's recorded config is checked when it is opened."""
+    check_run_config(cfg)
+    if cfg.resume:
+        return
+    resolve_device(str(cfg.device))
+    if (int(os.environ.get("RANK") or 0) == 0 and RunDir(output_dir).exists()
+            and not cfg.auto_resume):
+        raise MadmarkError(f"run directory {output_dir} already holds a run",
+                           "wait a second and rerun, set hydra.run.dir=<new folder>, "
+                           "or continue it with auto_resume=true")
+
+
+def check_opened(run_cfg: DictConfig) -> None:
+    """The config a run will use (a resumed run's recorded one): declared types, and the logger
+    is installed."""
+    check_config(run_cfg)
+    logger_config(run_cfg)
+
+
+@dataclass
+class Opened:
+    """How far a run got, for the clean-up after a failure."""
+    run: Optional[RunDir] = None
+    resumed: bool = False
+    started: bool = False          # the loop (data, model, generations) was started
+
+
+def error_line(error: BaseException) -> str:
+    """The first line of an error for status.json; never torch's advice to load a refused file
+    unsafely (for a hostile file that advice is the attack)."""
+    text = str(error).splitlines()[0] if str(error).strip() else type(error).__name__
+    if isinstance(error, pickle.UnpicklingError) or "weights_only" in str(error):
+        return (f"{type(error).__name__}: a file was refused by safe loading (torch.load with "
+                "weights_only=True)")
+    return text
+
+
 def run_loop(cfg: DictConfig) -> list[dict]:
     """Build the data source, model and loop from ``cfg`` and run it in its run directory (under
-    torchrun: in every process, in the process group it starts; rank 0's rows are the result)."""
-    dist.init(backend(cfg))
+    torchrun: in every process, in the process group it starts; rank 0's rows are the result).
+    A new run that fails before its first generation finishes leaves nothing behind (Hydra's
+    folder included); a started one that fails later is marked failed in status.json."""
+    opened = Opened()
+    output_dir = Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else None
+    rank0 = int(os.environ.get("RANK") or 0) == 0        # also once the process group is gone
     try:
-        return _run_loop(cfg)
-    finally:
-        dist.shutdown()
+        check_run_config(cfg)
+        dist.init(backend(cfg))
+        try:
+            return _run_loop(cfg, opened)
+        finally:
+            dist.shutdown()
+    except BaseException as error:
+        if rank0:
+            after_failure(cfg, opened, output_dir, error)
+        raise
 
 
-def _run_loop(cfg: DictConfig) -> list[dict]:
-    run, cfg, resumed, complete = agree_on_run(cfg, check=logger_config)   # logger installed?
+def after_failure(cfg: DictConfig, opened: Opened, output_dir: Optional[Path],
+                  error: BaseException) -> None:
+    """Rank 0's clean-up after a failed ``madmark run`` (see :func:`run_loop`)."""
+    interrupted = isinstance(error, KeyboardInterrupt) and opened.started
+    if opened.run is None:                     # failed before a run directory was agreed on
+        if output_dir is not None and not cfg.get("resume") and not interrupted:
+            discard_new_output(output_dir, run_is_ours=False)
+        return
+    done = len(opened.run.checkpoints.finished())
+    if not opened.resumed and done == 0 and not interrupted:
+        discard_new_output(opened.run.path, run_is_ours=True)     # nothing finished: no husk
+    elif opened.started:
+        opened.run.write_status("failed", generations_done=done, error=error_line(error))
+
+
+def _run_loop(cfg: DictConfig, opened: Opened) -> list[dict]:
+    run, cfg, resumed, complete = agree_on_run(cfg, check=check_opened)
+    opened.run, opened.resumed = run, resumed
     device = resolve_device(cfg.device)
     rank0 = dist.is_main()
     if rank0:
@@ -90,27 +187,33 @@ def _run_loop(cfg: DictConfig) -> list[dict]:
     if complete:
         if not rank0:
             return []
+        write_report(run.path)         # a process killed while writing the last one left it stale
         print(f"run {run.path} is already complete")
         rows = [run.checkpoints.load(t)["row"] for t in run.checkpoints.finished()]
         print(format_table(rows, CONSOLE_TABLE, SETTINGS + WATERMARK_SETTINGS))
         return rows
-    try:
-        return _run(cfg, run, device)
-    except BaseException as error:
-        done = len(run.checkpoints.finished())
-        if rank0 and not resumed and done == 0 and not isinstance(error, KeyboardInterrupt):
-            shutil.rmtree(run.path, ignore_errors=True)   # nothing finished: leave no husk
-        elif rank0:
-            run.write_status("failed", generations_done=done, error=str(error).splitlines()[0]
-                             if str(error) else type(error).__name__)
-        raise
+    opened.started = True
+    return _run(cfg, run, device)
 
 
-def with_growth(rows: list[dict]) -> list[dict]:
-    """Rows with artifact growth factors (eval.growth.add_growth) when they carry artifacts."""
-    if rows and "artifact_energy" in rows[0]:
-        return add_growth(rows)
-    return rows
+def check_eval_sizes(cfg: DictConfig, n_reference: int, n_samples: int) -> None:
+    """The k-NN metrics need more than k points on each side: refuse a run whose reference split
+    or per-generation sample is too small for ``eval.k`` before it starts."""
+    k = int(cfg.eval.k)
+    n_real = n_reference if cfg.eval.n_real is None else min(int(cfg.eval.n_real), n_reference)
+    n_fake = n_samples if cfg.eval.n_fake is None else min(int(cfg.eval.n_fake), n_samples)
+    if k < 1:
+        raise MadmarkError(f"eval.k={k} neighbours: the k-NN metrics need k >= 1",
+                           "set eval.k=5 (MAD's choice)")
+    if min(n_real, n_fake) <= k:
+        most = min(n_real, n_fake) - 1
+        fewer = f"fewer neighbours (eval.k={most}), " if most >= 1 else ""
+        raise MadmarkError(f"eval.k={k} neighbours need more than {k} samples on each side, but "
+                           f"{n_real} reference and {n_fake} generated samples per generation "
+                           f"are evaluated (data {data_name(cfg)}: reference split {n_reference}, "
+                           f"{n_samples} samples drawn per generation)",
+                           f"use {fewer}more data (more images, or a larger data.n_reference / "
+                           "loop.n_synthetic), or set eval.enabled=false")
 
 
 def attach_watermark(cfg: DictConfig, engine: LoopEngine, run_wm: RunWatermark | None) -> None:
@@ -147,6 +250,9 @@ def _run(cfg: DictConfig, run: RunDir, device: torch.device) -> list[dict]:
         raise MadmarkError(f"model {make_model.func.__name__} does not take {splits.kind} data",
                            f"choose a model for {splits.kind} data (e.g. model=pca_gmm for images)")
     settings = loop_settings(cfg, len(splits.train))
+    if cfg.eval.enabled:
+        check_eval_sizes(cfg, len(splits.reference),
+                         settings.n_synthetic if settings.n_synthetic > 0 else settings.n_real)
     progress = GenerationProgress(settings.generations, enabled=bool(cfg.progress) and rank0)
     engine = LoopEngine(source=source, make_model=make_model,
                         family=LoopFamily(cfg.loop.family, cfg.loop.history), settings=settings,
@@ -165,26 +271,29 @@ def _run(cfg: DictConfig, run: RunDir, device: torch.device) -> list[dict]:
     if run_wm is not None:
         engine.evaluators.append(run_wm.artifact_evaluator(splits.train, splits.reference))
 
+    def save_grid(t: int, samples: torch.Tensor) -> None:     # before the checkpoint (engine)
+        if rank0 and splits.kind == "image" and cfg.samples_grid > 0:
+            run.save_grid(t, samples, n=int(cfg.samples_grid))
+
     def save(t: int, samples: torch.Tensor, rows: list[dict]) -> None:
         progress.close()
         if not rank0:
             return
-        if splits.kind == "image" and cfg.samples_grid > 0:
-            run.save_grid(t, samples, n=int(cfg.samples_grid))
-        rows = with_growth(rows)
+        rows = results_rows(rows)
         run.write_results(rows)
         run.write_status("running", generations_done=t, generations=settings.generations)
         write_report(run.path)
         if tracking is not None:
             tracking.log_generations(rows)
 
+    engine.sample_hooks.append(save_grid)
     engine.hooks.append(save)
     if rank0:
         run.write_status("running", generations_done=len(run.checkpoints.finished()),
                          generations=settings.generations)
     tracking = open_tracking(cfg, run) if rank0 else None      # None: logger=none
     with tracking or nullcontext():
-        rows = with_growth(engine.run())
+        rows = results_rows(engine.run())
         progress.close()
         if not rank0:
             return rows

@@ -412,9 +412,9 @@ KEY_FILES = {
     "missing": lambda p: None,
     "unreadable": lambda p: (p.write_text("secret"), os.chmod(p, 0)),
 }
-KEY_PROBLEMS = {"empty": "is empty or holds only whitespace",
-                "whitespace": "is empty or holds only whitespace", "huge": "larger than 1 MiB",
-                "folder": "cannot read key_file", "missing": "cannot read key_file",
+KEY_PROBLEMS = {"empty": "is empty (or only whitespace)",
+                "whitespace": "is empty (or only whitespace)", "huge": "more than the 1 MiB",
+                "folder": "is not a regular file", "missing": "cannot read key_file",
                 "unreadable": "cannot read key_file"}
 
 

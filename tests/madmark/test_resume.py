@@ -1,10 +1,17 @@
-"""A run killed with SIGKILL mid-generation and resumed equals an uninterrupted run."""
+"""A run killed with SIGKILL mid-generation, right after a checkpoint or in the middle of a write,
+and resumed equals an uninterrupted run."""
 import json
+import os
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
+import pytest
+
+from loops.checkpoint import Checkpoints
+from madcore.files import is_temporary
 from tests.madmark.conftest import REPO, madmark_subprocess, run_dirs
 
 # ~0.3 s per generation: slow enough to be killed inside one, fast enough for CI
@@ -45,3 +52,56 @@ def test_resume_of_a_missing_run_is_a_one_line_error(tmp_path):
     out = madmark_subprocess("run", f"resume={tmp_path / 'nothing'}", timeout=120)
     assert out.returncode == 2
     assert out.stderr.strip().startswith("madmark: error:") and "Traceback" not in out.stderr
+
+
+# -- SIGKILL at named points (madcore.faults): after the last checkpoint, mid-write ------------
+#: a fast image loop (sklearn's 8x8 digits, no feature extractor): sample grids, ~1 s of compute
+KILL_ARGS = ["data=digits", "model=pca_gmm", "model.n_components=8", "model.gmm_components=4",
+             "model.max_iter=30", "loop.generations=3", "eval.enabled=false", "progress=false",
+             "seed=5"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("uninterrupted") / "run"
+    done = madmark_subprocess("run", *KILL_ARGS, f"hydra.run.dir={folder}", timeout=300)
+    assert done.returncode == 0, done.stderr
+    return folder
+
+
+def outputs(folder: Path) -> dict:
+    """The files a run's results live in (env.json and Hydra's log differ by nature)."""
+    names = ["results.csv", "report.md", "status.json",
+             *(f"samples/{p.name}" for p in sorted((folder / "samples").glob("*.png")))]
+    return {n: (folder / n).read_bytes() for n in names if (folder / n).is_file()}
+
+
+@pytest.mark.parametrize("point", [
+    "after-checkpoint@3",             # the last checkpoint is on disk; its results.csv, status
+                                      # and report are not
+    "before-rename:results.csv@3",    # mid-write of generation 3's results.csv (a .tmp is left)
+    "before-rename:report.md@4",      # mid-write of the final report: status.json says complete
+])
+def test_sigkill_at_a_point_then_resume_equals_uninterrupted(cli, uninterrupted, tmp_path,
+                                                             point):
+    cut = tmp_path / "run"                  # the report's title is the folder's name
+    killed = subprocess.run([sys.executable, "-m", "madmark", "run", *KILL_ARGS,
+                             f"hydra.run.dir={cut}"], cwd=tmp_path, capture_output=True,
+                            env={**os.environ, "PYTHONPATH": str(REPO), "MADMARK_KILL_AT": point},
+                            timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert Checkpoints(cut / "state").finished() == [1, 2, 3]
+    status = json.loads((cut / "status.json").read_text())
+    report = (cut / "report.md").read_text()
+    if point.startswith("before-rename:report.md"):
+        assert status["state"] == "complete" and "status: running" in report
+    else:
+        assert status["state"] == "running" and status["generations_done"] == 2
+    temporaries = [p for p in cut.rglob("*") if is_temporary(p)]
+    assert bool(temporaries) == point.startswith("before-rename"), temporaries
+
+    code, out, err = cli("run", f"resume={cut}", "progress=false")
+    assert code == 0, err
+    assert outputs(cut) == outputs(uninterrupted)             # grids, results, status, report
+    assert "generations finished: 3 of 3, status: complete" in (cut / "report.md").read_text()
+    assert not [p for p in cut.rglob("*") if is_temporary(p)]

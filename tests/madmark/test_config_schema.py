@@ -1,0 +1,91 @@
+"""madmark.config_schema: declared and implied types of ``madmark run``'s settings."""
+import pickle
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import OmegaConf
+
+from madcore.errors import MadmarkError
+from madmark.commands.run import error_line
+from madmark.config_schema import RunSchema, check_config, declared, implied_types
+from madmark.hydra_app import config_dir, group_choices
+
+PRESETS = group_choices("experiment")
+ARMS = group_choices("arm")
+
+
+@pytest.fixture(autouse=True)
+def no_hydra_config_after():
+    yield
+    HydraConfig.instance().cfg = None          # later tests see no Hydra app
+
+
+def composed(*overrides):
+    """The job config of ``madmark run <overrides>`` with HydraConfig set (``${hydra:...}``)."""
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        cfg = compose("config", overrides=list(overrides), return_hydra_config=True)
+        base = compose("config", overrides=[o for o in overrides if "." not in o.split("=")[0]])
+    HydraConfig.instance().set_config(cfg)
+    return cfg, base
+
+
+@pytest.mark.parametrize("overrides", [[], *([f"experiment={p}"] for p in PRESETS),
+                                       *(["experiment=autophagy_fresh_data", f"arm={a}"]
+                                         for a in ARMS)])
+def test_every_shipped_config_passes(overrides):
+    cfg, base = composed(*overrides)
+    check_config(cfg, implied_types(base))
+
+
+def test_every_declared_key_is_in_the_config():
+    cfg, _ = composed()
+    for key, _, _ in declared():
+        assert OmegaConf.select(cfg, key, default="absent") != "absent", key
+
+
+def test_the_schema_is_a_structured_config():
+    schema = OmegaConf.structured(RunSchema)     # what Hydra's ConfigStore takes
+    assert OmegaConf.is_missing(schema.loop, "bias") and OmegaConf.is_missing(schema, "seed")
+
+
+@pytest.mark.parametrize("override, message", [
+    ("loop.bias=abc", "loop.bias='abc' is not a number — set loop.bias=0.8"),
+    ("loop.bias=null", "loop.bias=null is not a number — set loop.bias=0.8"),
+    ("seed=1.5", "seed=1.5 is not an integer — set seed=0"),
+    ("seed=true", "seed=true is not an integer — set seed=0"),
+    ("auto_resume=1", "auto_resume=1 is not true or false — set auto_resume=true or "
+                      "auto_resume=false"),
+    ("eval.features.epochs=x", "eval.features.epochs='x' is not an integer — "
+                               "set eval.features.epochs=8"),
+    ("model.n_components=abc", "model.n_components='abc' is not a number — "
+                               "set model.n_components=64"),
+    ("model.tol=abc", "model.tol='abc' is not a number — set model.tol=0.001"),
+])
+def test_a_wrong_type_is_named_with_its_fix(override, message):
+    cfg, base = composed(override)
+    with pytest.raises(MadmarkError) as caught:
+        check_config(cfg, implied_types(base))
+    assert str(caught.value) == message
+
+
+@pytest.mark.parametrize("override", ["loop.bias=1", "seed='7'", "loop.n_real=null",
+                                      "model.n_components=32", "model.tol=1", "name=2024",
+                                      "model.n_components=null"])
+def test_values_of_the_right_type_pass(override):
+    cfg, base = composed(override)
+    check_config(cfg, implied_types(base))
+
+
+def test_an_unresolvable_interpolation_is_one_error():
+    cfg, base = composed("seed=${nowhere}")
+    with pytest.raises(MadmarkError, match="seed cannot be resolved"):
+        check_config(cfg, implied_types(base))
+
+
+def test_status_lines_never_repeat_torchs_advice():
+    advice = pickle.UnpicklingError("Weights only load failed. Re-running `torch.load` with "
+                                    "`weights_only` set to `False` will likely succeed, but ...")
+    line = error_line(advice)
+    assert "refused by safe loading" in line and "will likely succeed" not in line
+    assert error_line(ValueError("plain\nmore")) == "plain"
