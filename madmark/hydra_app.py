@@ -75,6 +75,45 @@ def baseline_config(config_name: str, overrides: list[str]) -> Optional[DictConf
         return None
 
 
+_KINDS = {"converted to Integer": "an integer", "converted to Float": "a number",
+          "valid bool": "true or false", "converted to Boolean": "true or false"}
+
+
+def check_schema_types(config_name: str, overrides: list[str]) -> None:
+    """Compose the config once, as Hydra will, and turn a ConfigStore schema's refusal of a value
+    (``trainer.steps=abc`` against :class:`watermark.train.TrainerConfig`) into a MadmarkError
+    naming the key, the value and the schema's default. Anything else Hydra refuses (a sweep, a
+    bad override syntax) is left for Hydra to report."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import ConfigCompositionException
+    from omegaconf.errors import ValidationError
+
+    def composed(args: list[str]) -> DictConfig:
+        with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+            return compose(config_name=config_name, overrides=args)
+
+    try:
+        composed(overrides)
+        return
+    except ConfigCompositionException as e:
+        cause = e.__cause__
+        if not isinstance(cause, ValidationError) or not getattr(cause, "full_key", None):
+            return
+    except Exception:
+        return
+    key = cause.full_key
+    value = next((o.partition("=")[2] for o in overrides if o.partition("=")[0] == key), "?")
+    kind = next((k for w, k in _KINDS.items() if w in str(cause)), "valid here")
+    try:
+        default = OmegaConf.select(composed([o for o in overrides
+                                             if o.partition("=")[0] != key]), key)
+    except Exception:
+        default = None
+    shown = str(default).lower() if isinstance(default, bool) else default
+    fix = f"set {key}={shown}" if default is not None else f"set {key} to {kind}"
+    raise MadmarkError(f"{key}={value!r} is not {kind}", fix)
+
+
 # -- what a failed command leaves behind ------------------------------------------------------
 #: output folder -> the names it held before this command (None: it did not exist)
 _BEFORE: dict[Path, Optional[frozenset[str]]] = {}
@@ -214,6 +253,7 @@ def run_hydra(command: str, task: Callable[[DictConfig], None], args: list[str],
     debug = any(a in ("debug=true", "debug=True") for a in args)
     try:
         check_group_overrides([a for a in args if not a.startswith("-")])
+        check_schema_types(config_name, [a for a in args if not a.startswith("-")])
     except MadmarkError as e:
         if debug:
             raise

@@ -136,4 +136,5 @@ def test_every_trainer_setting_comes_from_the_config(cli, tmp_path):
     assert (recorded["max_chain"], recorded["quality_weight"], recorded["msg_dim"]) == (2, 0.5, 8)
     assert model.card["architecture"]["msg_dim"] == 8
     code, _, err = cli("train-watermark", "trainer.steps=abc", f"out_dir={tmp_path / 'p'}")
-    assert code != 0
+    assert code == 2 and "trainer.steps='abc' is not an integer — set trainer.steps=2000" in err
+    assert err.count("\n") == 1 and not (tmp_path / "p").exists()
