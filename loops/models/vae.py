@@ -189,17 +189,17 @@ class ConvVAE(nn.Module):
         self.log_scale = nn.Parameter(torch.tensor(math.log(0.1))) if learn_scale else None
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        (t, b), (l, r) = self.pad_h, self.pad_w
-        x = F.pad(x, (l, r, t, b)).contiguous(memory_format=torch.channels_last)
+        (top, bottom), (left, right) = self.pad_h, self.pad_w
+        x = F.pad(x, (left, right, top, bottom)).contiguous(memory_format=torch.channels_last)
         stats = self.to_posterior(self.encoder(x))
         return stats.chunk(2, dim=1)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         h = self.from_latent(z).view(-1, *self.top).contiguous(memory_format=torch.channels_last)
         out = self.decoder(h)
-        (t, _), (l, _) = self.pad_h, self.pad_w
+        (top, _), (left, _) = self.pad_h, self.pad_w
         _, h, w = self.shape
-        return out[:, :, t:t + h, l:l + w]
+        return out[:, :, top:top + h, left:left + w]
 
     def forward(self, x: torch.Tensor,
                 eps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -128,7 +128,11 @@ def test_torchrun_vae_run_trains_with_ddp_and_matches_one_process(tmp_path, cli)
     check_only_rank_0_wrote(root, run, done, writes)
     one, two = read_csv(tmp_path / "single" / "results.csv"), read_csv(run / "results.csv")
     assert [r.keys() for r in one] == [r.keys() for r in two] and len(two) == 2
-    for a, b in zip(one, two):
+    # generation 1: the same batches and draws, float rounding of the 2-rank gradient sum only
+    # (measured: ~1e-7 relative in the VAE's losses, 1e-4 in the flow's NLL and the FID);
+    # generation 2 trains on generation 1's slightly different samples (measured: 2e-3 in the KL)
+    for a, b, rel in zip(one, two, (1e-3, 1e-2)):
         assert b["fit_steps"] == a["fit_steps"] == "8.0"
-        for key in ("fit_loss", "fit_loss_initial", "fit_reconstruction", "fit_kl", "fid"):
-            assert float(b[key]) == pytest.approx(float(a[key]), rel=1e-3), key
+        for key in ("fit_loss", "fit_loss_initial", "fit_reconstruction", "fit_kl",
+                    "fit_prior_nll", "fid"):
+            assert float(b[key]) == pytest.approx(float(a[key]), rel=rel), key
