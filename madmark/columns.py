@@ -25,12 +25,12 @@ import madmark.evaluation
 import madmark.metrics
 import madmark.watermarking
 from loops.models import (DDPMModel, FlowModel, GaussianModel, GMMModel, PCAGMMModel,
-                          WGANGPModel)
+                          VAEModel, WGANGPModel)
 from madcore.columns import Column, ColumnRegistry, Producer
 
 _EVERY = "every run"
 _WATERMARK = "runs with a watermark (`watermark=<method>`)"
-_MODELS = (GaussianModel, GMMModel, PCAGMMModel, FlowModel, DDPMModel, WGANGPModel)
+_MODELS = (GaussianModel, GMMModel, PCAGMMModel, FlowModel, DDPMModel, WGANGPModel, VAEModel)
 
 #: every producer of results.csv columns, in the order a row is built
 PRODUCERS: tuple[Producer, ...] = (

@@ -1,13 +1,14 @@
 """Generative models of the loop: fit from scratch on a pool, sample with bias λ ∈ (0, 1].
 
-The neural ones (flow, WGAN-GP, DDPM) are built on the shared scaffold :mod:`.training`."""
+The neural ones (flow, WGAN-GP, DDPM, VAE) are built on the shared scaffold :mod:`.training`."""
 from .base import GenerativeModel, ProgressFn
 from .ddpm import DDPMModel
 from .flow import FlowModel
 from .gaussian import GaussianModel
 from .gmm import GMMModel
 from .pca_gmm import PCAGMMModel
+from .vae import VAEModel
 from .wgan import WGANGPModel
 
 __all__ = ["GenerativeModel", "ProgressFn", "DDPMModel", "FlowModel", "GaussianModel", "GMMModel",
-           "PCAGMMModel", "WGANGPModel"]
+           "PCAGMMModel", "VAEModel", "WGANGPModel"]

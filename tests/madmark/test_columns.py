@@ -65,6 +65,8 @@ CONFIGS = {
     "watermark_filter_augmentation": [*TINY, "loop.generations=2", "watermark=spread_spectrum",
                                       "filter=detector", "loop=synthetic_augmentation"],
     "control": [*TINY, "loop.generations=2", "watermark=spread_spectrum", "arm=control"],
+    "vae": [*(o for o in TINY if not o.startswith("model.")), "loop.generations=1", "model=vae_tiny", "model.epochs=1",
+            "model.prior_steps=20"],
 }
 
 
