@@ -456,7 +456,12 @@ class VAEModel(GenerativeModel):
         else:
             z = torch.randn((int(n), self.latent_dim), generator=generator, device=gdev)
             z = z.to(device) * math.sqrt(lam)
-        amp = autocast_dtype(device, self.precision)
+        return self._decode(z)
+
+    def _decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Decoder means E[x | z] (n, C, H, W) float32 of latents z (n, d), in chunks of
+        ``sample_batch_size``."""
+        device, amp = z.device, autocast_dtype(z.device, self.precision)
 
         def decode(zc: torch.Tensor) -> torch.Tensor:
             with autocast(device, amp):
@@ -464,6 +469,27 @@ class VAEModel(GenerativeModel):
             return decoder_mean(out, self.likelihood)
 
         return map_chunks(decode, z, self.sample_batch_size)
+
+    @torch.no_grad()
+    def regenerate(self, x: torch.Tensor, noise: float = 0.0,
+                   generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """The regeneration attack of Zhao et al. (2023) with this VAE: encode x (N, C, H, W) in
+        [0, 1] to its posterior mean μ(x), add ``noise`` · ε (ε ~ N(0, I) from ``generator``, in
+        latent units: the prior has unit scale) and return the decoder mean E[x | z], (N, C, H, W)
+        float32 in [0, 1]. ``noise = 0`` is the plain reconstruction. The image shape must be the
+        one the VAE was fitted on."""
+        net = require_fitted(self, self.net)
+        if tuple(x.shape[1:]) != tuple(self.shape):
+            raise LoopError(f"VAE regenerate got images {tuple(x.shape[1:])}, fitted on "
+                            f"{tuple(self.shape)}", "regenerate images of the fitted size")
+        noise = check_float("VAE", "noise", noise, ge=0)
+        device = next(net.parameters()).device
+        mu, _ = self._posterior(x.to(device).float())
+        if noise > 0:
+            gdev = generator.device if generator is not None else device
+            eps = torch.randn(mu.shape, generator=generator, device=gdev).to(device)
+            mu = mu + noise * eps
+        return self._decode(mu)
 
     # -- state ---------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, torch.Tensor]:

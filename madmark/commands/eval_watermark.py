@@ -15,6 +15,7 @@ attack, one column per method) and ``plots/bit_accuracy.png`` (grouped bars) in 
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 import torch
 from hydra.core.hydra_config import HydraConfig
@@ -26,24 +27,30 @@ from madcore.files import atomic_write_text
 from madcore.errors import MadmarkError
 from madmark.hydra_app import run_hydra
 from madmark.methods import build_method, secret_key
+from madmark.regeneration import build_regenerators
 from madmark.rundir import RunDir, environment, rows_to_csv
 from watermark import (ATTACK_GRID, Detector, SecretKey, UnsupportedImageError, apply_attack, psnr,
                        ssim)
 
 
 def robustness_rows(method, key: SecretKey, images: torch.Tensor, alpha: float, seed: int,
-                    label: str | None = None) -> list[dict]:
+                    label: str | None = None, regenerators: Sequence = ()) -> list[dict]:
     """One row per attack × strength (first row: no attack) for ``images`` (N, C, H, W);
-    ``label`` names the method in the rows (default ``method.name``)."""
+    ``label`` names the method in the rows (default ``method.name``). ``regenerators``:
+    (:class:`madmark.regeneration.Regenerator`, strengths) pairs, whose rows follow the grid's."""
     message = key.message(method.num_bits)
     marked = method.embed(images, message.expand(len(images), -1))
     quality = {"psnr_db": float(psnr(marked, images).mean()),
                "ssim": float(ssim(marked, images).mean())}
     detector = Detector(method, message, alpha=alpha)
     rows = []
-    for name, strength in [("none", None), *ATTACK_GRID]:
+    regen = {r.attack: r for r, _ in regenerators}
+    grid = [("none", None), *ATTACK_GRID, *((r.attack, s) for r, strengths in regenerators
+                                            for s in strengths)]
+    for name, strength in grid:
         g = torch.Generator().manual_seed(seed)
-        attacked = marked if name == "none" else apply_attack(marked, name, strength, generator=g)
+        attacked = (marked if name == "none" else regen[name](marked, strength, generator=g)
+                    if name in regen else apply_attack(marked, name, strength, generator=g))
         row = {"method": label or method.name, "bits": method.num_bits, "attack": name,
                "strength": "" if strength is None else str(strength), **quality,
                "attacked_size": "x".join(map(str, attacked.shape[-2:]))}
@@ -144,16 +151,18 @@ def evaluate(cfg: DictConfig) -> None:
                             float(cfg.strength)) for name in names]
     run.write_config(cfg)                    # holds key_file's path at most, never the key
     run.write_env(environment(int(cfg.seed), torch.device("cpu")))
+    data_name = str(cfg.data.get("_target_", "data")).rsplit(".", 1)[-1]
+    regenerators = build_regenerators(cfg.regeneration, splits, data_name, torch.device("cpu"))
     rows = []
     for name, method in zip(names, methods):
         try:
-            rows += robustness_rows(method, key, images, float(cfg.alpha), int(cfg.seed), name)
+            rows += robustness_rows(method, key, images, float(cfg.alpha), int(cfg.seed), name,
+                                    regenerators)
         except UnsupportedImageError as error:            # the clean images already
             raise MadmarkError(f"method={name} cannot mark these images: {error}",
                                "choose RGB data of at least 256x256 (data=photos256) or another "
                                "method") from error
     atomic_write_text(run.path / "metrics.csv", rows_to_csv(rows))
-    data_name = str(cfg.data.get("_target_", "data")).rsplit(".", 1)[-1]
     table = comparison_markdown(rows, f"{data_name} ({images.shape[-2]}x{images.shape[-1]})")
     atomic_write_text(run.path / "comparison.md", table)
     plot_bit_accuracy(rows, run.path / "plots" / "bit_accuracy.png")

@@ -1,0 +1,135 @@
+"""Regeneration attacks for ``madmark eval-watermark`` (Zhao et al. 2023; the WAVES / W-Bench
+"regeneration" category): a marked image is pushed through a generative model trained on clean
+images and what comes out is detected again.
+
+    regen_vae        strength = latent noise s   z = μ(x) + s·ε, image = decoder mean E[x | z]
+                                                 (s = 0: plain reconstruction; the prior has
+                                                 unit scale, so s = 1 is a prior-sized jolt)
+    regen_diffusion  strength = noise fraction   latent diffusion: encode, noise the latent to
+                                                 step t = round(f·T), denoise back with DDIM,
+                                                 decode (f → 1: a fresh sample)
+
+Each regenerator is a loop model (``configs/model/<name>.yaml``, under ``regeneration.<name>`` in
+the eval-watermark config) fitted ONCE on the source's clean real TRAIN split — never on the
+reference images being marked and attacked — and cached as safetensors under
+``regeneration.cache_dir``, keyed by the source, the train split's bytes, the model's resolved
+config and the seed (like the LeNet feature cache), so a second evaluation loads it in seconds.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from safetensors.torch import load_file, save_file
+
+from loops.models import GenerativeModel
+from madcore.errors import MadmarkError
+from madcore.files import atomic_write_text, atomic_write_with
+from madmark.data.base import Splits
+from madmark.metrics import fingerprint
+
+#: attack name → the key of its model config under ``regeneration``
+REGENERATORS: dict[str, str] = {"regen_vae": "vae", "regen_diffusion": "latent_diffusion"}
+#: bump when a regenerator's fit or state layout changes, so old cache entries are not reused
+CACHE_VERSION = 1
+
+
+@dataclass
+class Regenerator:
+    """A fitted regeneration model: ``regenerator(x, strength, generator) -> x'``, both
+    (N, C, H, W) float32 in [0, 1], through the model's ``regenerate(x, strength, generator)``.
+    ``info``: ``cached`` (loaded, not fitted), ``fit_s`` (seconds of the fit, or of the load),
+    ``cache_path``, and the fit statistics when it was fitted in this call."""
+
+    attack: str
+    model: GenerativeModel
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def __call__(self, x: torch.Tensor, strength: float,
+                 generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        return self.model.regenerate(x, float(strength), generator=generator).clamp(0, 1)
+
+
+def cache_key(attack: str, model_cfg: DictConfig, splits: Splits, data_name: str,
+              seed: int) -> dict[str, Any]:
+    """The JSON-able identity of one cached regenerator."""
+    return {"attack": attack, "version": CACHE_VERSION, "source": data_name,
+            "shape": list(splits.sample_shape),
+            "train": fingerprint(splits.train, splits.train_labels), "seed": int(seed),
+            "model": OmegaConf.to_container(model_cfg, resolve=True)}
+
+
+def entry_dir(cache_dir: str | Path, key: dict[str, Any]) -> Path:
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return Path(cache_dir).expanduser() / f"{key['attack']}-{digest}"
+
+
+def load_or_fit(attack: str, model_cfg: DictConfig, splits: Splits, data_name: str,
+                cache_dir: str | Path, seed: int, device: torch.device) -> Regenerator:
+    """The regenerator ``attack`` (a key of :data:`REGENERATORS`) for this source: loaded from
+    ``cache_dir`` when an entry with the same key exists, else built from ``model_cfg``
+    (``_target_``), fitted on the clean real train split with a generator seeded by ``seed``, and
+    cached (safetensors + meta.json, written atomically)."""
+    if attack not in REGENERATORS:
+        raise MadmarkError(f"unknown regeneration attack '{attack}'",
+                           f"use regeneration.attacks= a list of {', '.join(REGENERATORS)}")
+    if splits.kind != "image":
+        raise MadmarkError(f"{attack} needs images, the data gives {splits.kind}s",
+                           "choose an image source or drop regeneration.attacks")
+    key = cache_key(attack, model_cfg, splits, data_name, seed)
+    entry = entry_dir(cache_dir, key)
+    model: GenerativeModel = instantiate(model_cfg)
+    if not callable(getattr(model, "regenerate", None)):
+        raise MadmarkError(f"regeneration.{REGENERATORS[attack]} builds "
+                           f"{type(model).__name__}, which has no regenerate()",
+                           f"point regeneration.{REGENERATORS[attack]} at a model config that "
+                           "regenerates (vae, latent_diffusion)")
+    start = time.perf_counter()
+    weights, meta = entry / "model.safetensors", entry / "meta.json"
+    if weights.is_file() and meta.is_file() and json.loads(meta.read_text()).get("key") == key:
+        model.load_state_dict(load_file(str(weights), device=str(device)))
+        return Regenerator(attack, model, {"cached": True, "cache_path": str(entry),
+                                           "fit_s": time.perf_counter() - start})
+    g = torch.Generator(device).manual_seed(int(seed))
+    labels = None if splits.train_labels is None else splits.train_labels.to(device)
+    stats = model.fit(splits.train.to(device).float(), g, labels=labels)
+    fit_s = time.perf_counter() - start
+    entry.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    atomic_write_with(weights, lambda p: save_file(state, str(p)))
+    atomic_write_text(meta, json.dumps({"key": key, "fit_s": fit_s, "fit": stats}, indent=2,
+                                       default=float))
+    return Regenerator(attack, model, {"cached": False, "cache_path": str(entry), "fit_s": fit_s,
+                                       **{f"fit_{k}": v for k, v in stats.items()}})
+
+
+def build_regenerators(cfg: DictConfig, splits: Splits, data_name: str,
+                       device: torch.device) -> list[tuple[Regenerator, list[float]]]:
+    """The regenerators ``cfg.attacks`` names (the ``regeneration`` block of eval-watermark's
+    config), each with its strengths, fitted or loaded."""
+    out = []
+    for attack in [str(a) for a in cfg.attacks]:
+        if attack not in REGENERATORS:
+            raise MadmarkError(f"unknown regeneration attack '{attack}'",
+                               f"use regeneration.attacks= a list of {', '.join(REGENERATORS)}")
+        model_key = REGENERATORS[attack]
+        if cfg.get(model_key) is None:
+            raise MadmarkError(f"regeneration.{model_key} is not set",
+                               f"add regeneration.{model_key}: a model config (configs/model/)")
+        strengths = [float(s) for s in cfg.strengths[attack]]
+        if not strengths:
+            raise MadmarkError(f"regeneration.strengths.{attack} is empty",
+                               f"give {attack} one or more strengths")
+        print(f"{attack}: fitting or loading regeneration.{model_key} on the clean train split",
+              flush=True)
+        regen = load_or_fit(attack, cfg[model_key], splits, data_name, cfg.cache_dir,
+                            int(cfg.seed), device)
+        out.append((regen, strengths))
+    return out
