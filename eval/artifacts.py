@@ -73,6 +73,7 @@ import torch
 
 from madcore.columns import Column, names
 from madcore.dct import dct2
+from eval.radioactivity import sign_flip_p_value
 from eval.growth import GROWTH_COLUMNS, add_growth, growth_baseline  # noqa: F401  (re-exported)
 
 __all__ = ["WatermarkProbe", "ArtifactMeter", "inheritance", "add_growth", "growth_baseline",
@@ -90,6 +91,12 @@ COLUMNS = (
            "[0, 1]", _DECODED),
     Column("inherit_log10p_median", "median log10 p-value (p clamped at 1e-300)", "log10 of a "
            "p-value (≤ 0)", _DECODED),
+    Column("radio_log10p", "radioactivity of generation t's model: log10 p-value of the exact "
+           "message sign-flip test on the matched bits of all its unmarked samples "
+           "(eval.radioactivity; floor K·log10(1/2), e.g. −9.6 for 32 bits)",
+           "log10 of a p-value (≤ 0)", _DECODED),
+    Column("radio_m", "samples M the radioactivity test decoded (all of S_t)", "count",
+           _DECODED),
     Column("artifact_energy", "⟨mean(S_t) − m_ref, r̄⟩ ÷ ⟨r̄, r̄⟩: how far S_t's mean sits along "
            "the mark's pattern", "watermark layers", _ENERGY),
     Column("artifact_energy_se", "two-sample standard error of artifact_energy", "watermark "
@@ -218,6 +225,17 @@ def inheritance(result: Any, alpha: Optional[float] = None) -> dict[str, float]:
             "inherit_log10p_median": float(torch.quantile(p.clamp_min(_P_FLOOR).log10(), 0.5))}
 
 
+def radioactivity(result: Any) -> dict[str, float]:
+    """``radio_log10p`` and ``radio_m`` from a detection result with ``matches`` (M, K) bool:
+    the exact sign-flip test of :func:`eval.radioactivity.sign_flip_p_value`, valid whatever the
+    decoder's per-bit biases because the secret message is uniform; NaN without ``matches``."""
+    matches = getattr(result, "matches", None)
+    if matches is None or matches.shape[0] < 1:
+        return {"radio_log10p": math.nan, "radio_m": 0.0}
+    p, _ = sign_flip_p_value(matches)
+    return {"radio_log10p": math.log10(max(p, _P_FLOOR)), "radio_m": float(matches.shape[0])}
+
+
 class ArtifactMeter:
     """Per-generation artifact columns of samples S_t: ``meter(samples) -> dict`` (:data:`COLUMNS`).
 
@@ -268,11 +286,12 @@ class ArtifactMeter:
     def __call__(self, samples: torch.Tensor) -> dict[str, float]:
         """All :data:`COLUMNS` for unmarked samples S_t (N, C, H, W) in [0, 1]."""
         if self.detector is None:
-            row = dict.fromkeys(_NAMES[:3], math.nan)
+            row = {**dict.fromkeys(_NAMES[:3], math.nan), **radioactivity(None)}
         else:
             detect = getattr(self.detector, "detect", self.detector)
             with torch.no_grad():
-                row = inheritance(detect(samples), self.alpha)
+                result = detect(samples)
+            row = {**inheritance(result, self.alpha), **radioactivity(result)}
         row.update(self.energy(samples))
         row.update(artifact_n_probe=self.probe.n_probe,
                    artifact_band_fraction=self.probe.band_fraction)

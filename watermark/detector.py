@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Iterable, Optional
 
 import numpy as np
 import torch
@@ -72,6 +72,7 @@ class DetectionResult:
     bit_accuracy: torch.Tensor   # float32, matched_bits / K
     flagged: torch.Tensor        # bool, p_value <= alpha
     threshold: int               # matched bits needed to be flagged
+    matches: Optional[torch.Tensor] = None   # bool (N, K): decoded bit j equals message bit j
 
 
 @dataclass
@@ -136,10 +137,11 @@ class Detector:
 
     def detect(self, x: torch.Tensor) -> DetectionResult:
         """Decode x (N, C, H, W), count matched bits, and test each image."""
-        k = self.matches(x).sum(1)
+        m = self.matches(x)
+        k = m.sum(1)
         p = self.p_values(k)
         return DetectionResult(p_value=p, matched_bits=k, bit_accuracy=k.float() / self.num_bits,
-                               flagged=p <= self.alpha, threshold=self.threshold)
+                               flagged=p <= self.alpha, threshold=self.threshold, matches=m)
 
     __call__ = detect
 

@@ -172,6 +172,10 @@ def test_real_watermark_one_layer_and_inheritance(mnist):
     assert abs(clean["inherit_bit_acc"] - 0.5) < 0.02
     assert clean["inherit_detect_rate"] <= 0.01 + 3 * math.sqrt(0.01 * 0.99 / len(held))
     assert (marked["artifact_n_probe"], marked["artifact_band_fraction"]) == (1000, 0.5)
+    # radioactivity of the "model" that made them: marked digits sit at the sign-flip test's
+    # floor 2^-K; held-out real digits (the key never touched them) are not flagged
+    assert marked["radio_log10p"] == pytest.approx(-32 * math.log10(2))
+    assert clean["radio_log10p"] > -2 and clean["radio_m"] == len(held)
 
 
 def test_real_watermark_band_energy(mnist):
@@ -193,7 +197,7 @@ def test_meter_without_detector_gives_nan_inheritance():
     probe, reference, pattern = _synthetic()
     out = ArtifactMeter(WatermarkProbe(_stub_embed(pattern), probe), reference)(reference[:5])
     assert list(out) == [c.name for c in COLUMNS]
-    assert all(math.isnan(out[c.name]) for c in COLUMNS[:3])
+    assert all(math.isnan(out[c.name]) for c in COLUMNS[:4]) and out["radio_m"] == 0
 
 
 def test_input_checks():
