@@ -44,6 +44,10 @@ CONTROL_DELTAS = declared(("artifact_energy", "inherit_detect_rate", "precision"
                            "fid"))
 declared(("generation",))                                       # named in the code below
 
+#: the per-model table of a sweep that crosses ``model=`` (the robustness-to-autophagy benchmark)
+MODEL_TABLE_METRICS = declared(("inherit_bit_acc", "inherit_detect_rate", "artifact_energy",
+                                "radio_log10p", "precision", "recall", "fid"))
+
 
 @dataclass
 class SweepRun:
@@ -149,6 +153,40 @@ def delta_table(pairs: list[tuple[SweepRun, SweepRun]], metric: str) -> str:
     return "\n".join(lines)
 
 
+def _settings(run: SweepRun) -> dict[str, str]:
+    return dict(o.partition("=")[::2] for o in run.overrides)
+
+
+def model_tables(runs: list[SweepRun]) -> list[tuple[str, str]]:
+    """(model, Markdown table) per value of a ``model=`` override that differs between runs:
+    one row per run of that model × generation, with :data:`MODEL_TABLE_METRICS` and, where the
+    run has an ``arm=control`` twin, its artifact energy minus the control's. [] when the sweep
+    does not cross models."""
+    models = list(dict.fromkeys(_settings(run).get("model") for run in runs))
+    if len(models) < 2 or None in models:
+        return []
+    control = {id(run): twin for run, twin in control_pairs(runs)}
+    head = ["run", "g", "inherit_bit_acc", "inherit_detect_rate", "artifact_energy − control",
+            "radio_log10p", "precision", "recall", "fid"]
+    out = []
+    for model in models:
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for run in (r for r in runs if _settings(r).get("model") == model):
+            label = " ".join(p for p in run.label.split() if not p.startswith("model="))
+            twin = {_generation(r): _number(r.get("artifact_energy"))
+                    for r in control[id(run)].rows} if id(run) in control else {}
+            for row in run.rows:
+                g = _generation(row)
+                e, e0 = _number(row.get("artifact_energy")), twin.get(g)
+                delta = _cell(e - e0) if e is not None and e0 is not None else ""
+                cells = [_escape(label or run.label), _cell(row.get("generation", "")),
+                         *(_cell(row.get(m, "")) for m in MODEL_TABLE_METRICS[:2]), delta,
+                         *(_cell(row.get(m, "")) for m in MODEL_TABLE_METRICS[3:])]
+                lines.append("| " + " | ".join(cells) + " |")
+        out.append((model, "\n".join(lines)))
+    return out
+
+
 def final_table(runs: list[SweepRun], metrics: list[str]) -> str:
     """Markdown: one row per run, its last finished generation and the ``metrics`` there."""
     lines = ["| run | generation | " + " | ".join(metrics) + " |",
@@ -241,6 +279,16 @@ def write_sweep_report(sweep_dir: str | Path) -> Path:
                   "what marking or filtering costs (precision, recall, FID).", ""]
         for metric in deltas:
             lines += [f"## {metric} − control", "", delta_table(pairs, metric), ""]
+    tables = model_tables(runs)
+    if tables:
+        lines += ["## By model", "",
+                  "One table per generative model of the sweep: inheritance (bit accuracy and "
+                  "detection rate of the mark in the model's own unmarked samples), artifact "
+                  "energy above the control arm (watermark layers), radioactivity of each "
+                  "generation's model (log10 p of the sign-flip test on all its samples, "
+                  "`radio_m` of them), and quality (precision, recall, FID).", ""]
+        for model, table in tables:
+            lines += [f"### model={model}", "", table, ""]
     if plot_sweep(runs, metrics, sweep_dir / "plots" / "summary.png", title=name):
         lines += ["![key metrics against generation, one line per run](plots/summary.png)", ""]
     path = sweep_dir / "summary.md"

@@ -156,3 +156,35 @@ def test_no_control_arm_no_comparison(tmp_path):
     _fake_run(tmp_path, "0", ["watermark=a"], [0.8, 1.0])
     _fake_run(tmp_path, "1", ["watermark=b"], [0.4, 0.5])
     assert "Against the control arm" not in write_sweep_report(tmp_path).read_text()
+
+
+def model_sections(markdown: str) -> dict[str, list[list[str]]]:
+    """Each '### model=<m>' table's body rows."""
+    out, lines = {}, markdown.splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith("### model="):
+            body = []
+            for row in lines[i + 4:]:
+                if not row.startswith("|"):
+                    break
+                body.append([c.strip() for c in row.strip("|").split("|")])
+            out[line[len("### model="):]] = body
+    return out
+
+
+def test_a_sweep_across_models_gets_one_table_per_model(tmp_path):
+    _fake_run(tmp_path, "0", ["model=pca_gmm", "arm=control"], [0.8, 1.0])
+    _fake_run(tmp_path, "1", ["model=pca_gmm", "arm=watermark"], [0.8, 2.0])
+    _fake_run(tmp_path, "2", ["model=vae", "arm=control"], [0.1, 0.2])
+    _fake_run(tmp_path, "3", ["model=vae", "arm=watermark"], [0.1, 0.5])
+    sections = model_sections(write_sweep_report(tmp_path).read_text())
+    assert list(sections) == ["pca_gmm", "vae"]
+    # run, g, bit acc, detect rate, energy − control, radio, precision, recall, fid
+    assert [row[:2] + row[4:5] for row in sections["pca_gmm"]] == [
+        ["arm=control", "1", ""], ["arm=control", "2", ""],
+        ["arm=watermark", "1", "0"], ["arm=watermark", "2", "1"]]
+    assert [row[4] for row in sections["vae"]][2:] == ["0", "0.3"]
+    assert sections["vae"][3][7] == "0.3"                                  # recall 0.5 − 0.1·2
+    _fake_run(tmp_path / "one", "0", ["model=vae", "arm=control"], [0.1])
+    _fake_run(tmp_path / "one", "1", ["model=vae", "arm=watermark"], [0.1])
+    assert "By model" not in write_sweep_report(tmp_path / "one").read_text()
