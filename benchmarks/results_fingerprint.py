@@ -55,6 +55,9 @@ CASES: dict[str, list[str]] = {
     "mad_ddpm_mnist": ["experiment=mad_ddpm_mnist", "model=ddpm_tiny", "loop.generations=2",
                        "loop.n_real=200", "loop.n_synthetic=200", "model.train_steps=10",
                        "model.sample_steps=5"],
+    "mad_ddpm_mnist_gpu": ["experiment=mad_ddpm_mnist_gpu", "device=cpu", "model=ddpm_tiny",
+                           "loop.generations=2", "loop.n_real=200", "loop.n_synthetic=200",
+                           "model.train_steps=10", "model.sample_steps=5"],
 }
 
 

@@ -3,8 +3,11 @@
 import pytest
 import torch
 
-from loops.models import (DDPMModel, FlowModel, GaussianModel, GMMModel, PCAGMMModel,
-                          WGANGPModel)
+import inspect
+
+import loops.models
+from loops.models import (DDPMModel, FlowModel, GaussianModel, GenerativeModel, GMMModel,
+                          PCAGMMModel, VAEModel, WGANGPModel)
 from loops.models.base import FIT_PREFIX
 from tests.loops.models.test_ddpm import TINY as DDPM_TINY
 from tests.loops.models.test_wgan import SMALL as WGAN_SMALL
@@ -27,6 +30,10 @@ CASES = {
     "flow": (lambda: FlowModel(n_layers=2, hidden=8, steps=2, batch_size=32), vectors),
     "ddpm": (lambda: DDPMModel(**{**DDPM_TINY, "train_steps": 2}), images),
     "wgan": (lambda: WGANGPModel(**{**WGAN_SMALL, "steps": 2}), images),
+    "vae": (lambda: VAEModel(latent_dim=2, width=4, epochs=1, prior_steps=2, prior_layers=2),
+            images),
+    "vae_normal_prior": (lambda: VAEModel(latent_dim=2, width=4, epochs=1, prior="normal"),
+                         images),
 }
 
 
@@ -40,6 +47,11 @@ def test_fit_returns_the_declared_statistics(name):
     assert all(c.name.startswith(FIT_PREFIX) for c in model.fit_columns)
 
 
-def test_every_builtin_model_declares_its_fit_columns():
-    for cls in (GaussianModel, GMMModel, PCAGMMModel, FlowModel, DDPMModel, WGANGPModel):
+def test_every_builtin_model_declares_its_fit_columns_and_has_a_case_here():
+    builtin = [m for m in vars(loops.models).values() if inspect.isclass(m)
+               and issubclass(m, GenerativeModel) and not inspect.isabstract(m)]
+    assert len(builtin) >= 7
+    tested = {type(make()) for make, _ in CASES.values()}
+    for cls in builtin:
         assert cls.fit_columns, cls.__name__
+        assert cls in tested, f"add a {cls.__name__} case to CASES"
