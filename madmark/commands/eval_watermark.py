@@ -5,10 +5,14 @@
 
 For every entry of ``watermark.ATTACK_GRID`` (and "none"), on ``n_images`` held-out real images
 (the data source's reference split), every method marks the same images with the same key: PSNR and
-SSIM of the marked image, bit accuracy, median log10 p-value and detection rate at ``alpha`` after
-the attack. An attack that leaves images a method cannot read at all (invisible-watermark below
-256 x 256 pixels, after a crop or a downscale) is recorded as not applicable to it (``applicable``
-False, metrics NaN, the reason in ``note``), not as a failure of the run. Writes ``metrics.csv``
+SSIM of the marked image, PSNR of the attacked image against the marked one (``attacked_psnr_db``,
+NaN when the attack changes the size: how much of the image the attack kept), bit accuracy,
+median log10 p-value and detection rate at ``alpha`` after the attack. The regeneration attacks
+named in ``regeneration.attacks`` (:mod:`madmark.regeneration`: a VAE or latent diffusion fitted
+once on the clean train split) follow the grid, one row per strength. An attack that leaves
+images a method cannot read at all (invisible-watermark below 256 x 256 pixels, after a crop or a
+downscale) is recorded as not applicable to it (``applicable`` False, metrics NaN, the reason in
+``note``), not as a failure of the run. Writes ``metrics.csv``
 (one row per method × attack × strength), ``comparison.md`` (bit accuracy / detection rate per
 attack, one column per method) and ``plots/bit_accuracy.png`` (grouped bars) in the run directory.
 """
@@ -53,7 +57,10 @@ def robustness_rows(method, key: SecretKey, images: torch.Tensor, alpha: float, 
                     if name in regen else apply_attack(marked, name, strength, generator=g))
         row = {"method": label or method.name, "bits": method.num_bits, "attack": name,
                "strength": "" if strength is None else str(strength), **quality,
-               "attacked_size": "x".join(map(str, attacked.shape[-2:]))}
+               "attacked_size": "x".join(map(str, attacked.shape[-2:])),
+               # what the attack did to the image: PSNR of the attacked vs the marked image
+               "attacked_psnr_db": (float(psnr(attacked, marked).mean())
+                                    if attacked.shape == marked.shape else math.nan)}
         try:
             result = detector(attacked)
         except UnsupportedImageError as error:
