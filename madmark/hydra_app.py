@@ -102,7 +102,8 @@ def check_schema_types(config_name: str, overrides: list[str]) -> None:
     except Exception:
         return
     key = cause.full_key
-    value = next((o.partition("=")[2] for o in overrides if o.partition("=")[0] == key), "?")
+    typed = next((o.partition("=")[2] for o in reversed(overrides)      # the last one wins
+                  if o.partition("=")[0] == key), "?")
     kind = next((k for w, k in _KINDS.items() if w in str(cause)), "valid here")
     try:
         default = OmegaConf.select(composed([o for o in overrides
@@ -111,7 +112,22 @@ def check_schema_types(config_name: str, overrides: list[str]) -> None:
         default = None
     shown = str(default).lower() if isinstance(default, bool) else default
     fix = f"set {key}={shown}" if default is not None else f"set {key} to {kind}"
-    raise MadmarkError(f"{key}={value!r} is not {kind}", fix)
+    raise MadmarkError(f"{key}={_as_typed(typed)} is not {kind}", fix)
+
+
+def _as_typed(text: str) -> str:
+    """An override's value as :func:`madmark.config_schema.show` writes it: ``'abc'`` for a
+    string, ``2.5`` for a number (as Hydra reads the command line)."""
+    import yaml
+
+    from madmark.config_schema import show
+
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        value = text
+    return show(value) if isinstance(value, (str, int, float, bool)) or value is None \
+        else repr(text)
 
 
 # -- what a failed command leaves behind ------------------------------------------------------
