@@ -43,6 +43,21 @@ def group_choices(group: str) -> list[str]:
     return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
 
 
+def compose_option(group: str, option: str, config_name: str = "config") -> DictConfig:
+    """``configs/<group>/<option>.yaml`` as ``<config_name> <group>=<option>`` composes it (its
+    defaults list followed), the group's node alone; inside a running Hydra app through that
+    app's config loader, else through a fresh one."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    overrides = [f"{group}={option}"]
+    if GlobalHydra.instance().is_initialized():
+        cfg = hydra.compose(config_name=config_name, overrides=overrides)
+    else:
+        with hydra.initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+            cfg = hydra.compose(config_name=config_name, overrides=overrides)
+    return cfg[group]
+
+
 def check_group_overrides(overrides: list[str]) -> None:
     """Raise MadmarkError for ``group=value`` overrides that name no config file."""
     for override in overrides:
