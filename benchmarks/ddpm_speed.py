@@ -68,7 +68,7 @@ def mnist(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
 def load_config(name: str, **overrides) -> dict:
     cfg = OmegaConf.load(os.path.join(ROOT, "configs", "model", f"{name}.yaml"))
     for parent in cfg.pop("defaults", []):               # ddpm_tiny: defaults [ddpm, _self_]
-        if parent != "_self_":
+        if parent != "_self_" and not parent.endswith("_schema"):  # the schema: DDPMModel's defaults
             cfg = OmegaConf.merge(OmegaConf.load(os.path.join(ROOT, "configs", "model",
                                                               f"{parent}.yaml")), cfg)
     cfg = OmegaConf.to_container(cfg)

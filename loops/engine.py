@@ -101,7 +101,7 @@ class LoopSettings:
         if self.n_synthetic < 0:
             raise LoopError(f"loop.n_synthetic={self.n_synthetic} is negative",
                             "set loop.n_synthetic to a positive count")
-        needs_synthetic = self.generations > 1 and family.family != "fresh_data"
+        needs_synthetic = self.generations > 1 and not family.needs_fresh_real
         if self.n_synthetic == 0 and needs_synthetic:
             raise LoopError(f"loop.n_synthetic=0 but the {family.family} loop trains on synthetic "
                             "samples from generation 2 on",

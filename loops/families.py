@@ -11,16 +11,58 @@ S_1..S_{t-1} (Gerstgrasser et al. 2024).
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, ClassVar
 
 from loops.errors import LoopError
 from loops.pool import Pool
 
-FAMILIES = ("fully_synthetic", "synthetic_augmentation", "fresh_data")
-HISTORIES = ("replace", "accumulate")
-
 #: Returns ``n`` real samples for generation ``t`` as a Pool (deterministic in t).
 RealDraw = Callable[[int], Pool]
+
+
+class RealPart:
+    """What a family adds to the synthetic samples of generation t >= 2: :meth:`real` gives the
+    real part (None: none), ``needs_fresh_real`` whether it draws new real samples. One subclass
+    per family, registered in :data:`REAL_PARTS` under its ``name`` (``loop.family``)."""
+
+    name: ClassVar[str]
+    needs_fresh_real: ClassVar[bool] = False
+
+    def real(self, t: int, fixed_real: Pool, fresh_real: RealDraw) -> Pool | None:
+        raise NotImplementedError
+
+
+class FullySynthetic(RealPart):
+    """Synthetic data only."""
+    name = "fully_synthetic"
+
+    def real(self, t: int, fixed_real: Pool, fresh_real: RealDraw) -> None:
+        return None
+
+
+class SyntheticAugmentation(RealPart):
+    """The fixed real set of generation 1 plus synthetic data."""
+    name = "synthetic_augmentation"
+
+    def real(self, t: int, fixed_real: Pool, fresh_real: RealDraw) -> Pool:
+        return fixed_real
+
+
+class FreshData(RealPart):
+    """``n_real`` new real samples each generation plus synthetic data."""
+    name = "fresh_data"
+    needs_fresh_real = True
+
+    def real(self, t: int, fixed_real: Pool, fresh_real: RealDraw) -> Pool:
+        return fresh_real(t)
+
+
+#: loop.family -> its class; a new family is a RealPart subclass added here
+REAL_PARTS: dict[str, type[RealPart]] = {c.name: c for c in (FullySynthetic,
+                                                             SyntheticAugmentation, FreshData)}
+FAMILIES = tuple(REAL_PARTS)
+#: loop.history -> whether all earlier synthetic sets are kept (else only the last)
+HISTORIES = {"replace": False, "accumulate": True}
 
 
 class LoopFamily:
@@ -28,11 +70,11 @@ class LoopFamily:
 
     Args:
         family: one of :data:`FAMILIES`.
-        history: "replace" or "accumulate".
+        history: "replace" or "accumulate" (:data:`HISTORIES`).
     """
 
     def __init__(self, family: str, history: str = "replace"):
-        if family not in FAMILIES:
+        if family not in REAL_PARTS:
             raise LoopError(f"unknown loop family '{family}'",
                             f"set loop.family to one of {', '.join(FAMILIES)}")
         if history not in HISTORIES:
@@ -40,10 +82,11 @@ class LoopFamily:
                             f"set loop.history to one of {', '.join(HISTORIES)}")
         self.family = family
         self.history = history
+        self.part = REAL_PARTS[family]()
 
     @property
     def needs_fresh_real(self) -> bool:
-        return self.family == "fresh_data"
+        return self.part.needs_fresh_real
 
     def compose(self, t: int, fixed_real: Pool, fresh_real: RealDraw,
                 synthetic_history: list[Pool]) -> Pool:
@@ -59,12 +102,7 @@ class LoopFamily:
         if len(synthetic_history) < t - 1:
             raise ValueError(f"generation {t} needs {t - 1} earlier synthetic sets, "
                              f"got {len(synthetic_history)}")
-        synthetic = (synthetic_history[:t - 1] if self.history == "accumulate"
+        synthetic = (synthetic_history[:t - 1] if HISTORIES[self.history]
                      else [synthetic_history[t - 2]])
-        if self.family == "fully_synthetic":
-            parts = synthetic
-        elif self.family == "synthetic_augmentation":
-            parts = [fixed_real, *synthetic]
-        else:
-            parts = [fresh_real(t), *synthetic]
-        return Pool.cat(parts)
+        real = self.part.real(t, fixed_real, fresh_real)
+        return Pool.cat(synthetic if real is None else [real, *synthetic])

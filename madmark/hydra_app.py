@@ -43,6 +43,21 @@ def group_choices(group: str) -> list[str]:
     return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
 
 
+def compose_option(group: str, option: str, config_name: str = "config") -> DictConfig:
+    """``configs/<group>/<option>.yaml`` as ``<config_name> <group>=<option>`` composes it (its
+    defaults list followed), the group's node alone; inside a running Hydra app through that
+    app's config loader, else through a fresh one."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    overrides = [f"{group}={option}"]
+    if GlobalHydra.instance().is_initialized():
+        cfg = hydra.compose(config_name=config_name, overrides=overrides)
+    else:
+        with hydra.initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+            cfg = hydra.compose(config_name=config_name, overrides=overrides)
+    return cfg[group]
+
+
 def check_group_overrides(overrides: list[str]) -> None:
     """Raise MadmarkError for ``group=value`` overrides that name no config file."""
     for override in overrides:
@@ -102,7 +117,8 @@ def check_schema_types(config_name: str, overrides: list[str]) -> None:
     except Exception:
         return
     key = cause.full_key
-    value = next((o.partition("=")[2] for o in overrides if o.partition("=")[0] == key), "?")
+    typed = next((o.partition("=")[2] for o in reversed(overrides)      # the last one wins
+                  if o.partition("=")[0] == key), "?")
     kind = next((k for w, k in _KINDS.items() if w in str(cause)), "valid here")
     try:
         default = OmegaConf.select(composed([o for o in overrides
@@ -111,7 +127,22 @@ def check_schema_types(config_name: str, overrides: list[str]) -> None:
         default = None
     shown = str(default).lower() if isinstance(default, bool) else default
     fix = f"set {key}={shown}" if default is not None else f"set {key} to {kind}"
-    raise MadmarkError(f"{key}={value!r} is not {kind}", fix)
+    raise MadmarkError(f"{key}={_as_typed(typed)} is not {kind}", fix)
+
+
+def _as_typed(text: str) -> str:
+    """An override's value as :func:`madmark.config_schema.show` writes it: ``'abc'`` for a
+    string, ``2.5`` for a number (as Hydra reads the command line)."""
+    import yaml
+
+    from madmark.config_schema import show
+
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        value = text
+    return show(value) if isinstance(value, (str, int, float, bool)) or value is None \
+        else repr(text)
 
 
 # -- what a failed command leaves behind ------------------------------------------------------

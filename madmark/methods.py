@@ -1,21 +1,39 @@
-"""Build a watermark method by name for an image size (shared by embed, detect and the loop)."""
+"""Build a watermark method by name for an image size (shared by embed, detect and the loop).
+
+A method is a ``Watermarker`` class and a yaml, ``configs/watermark/<name>.yaml``, starting from
+``base.yaml`` (the settings every method shares) and holding a ``build`` node: its ``_target_``
+(a class or factory) is called with the node's other keys, plus those of ``key`` (the
+:class:`~watermark.SecretKey`), ``height`` and ``width`` (pixels) that its signature names, and
+returns the watermarker for that image size. ``method=<name>`` finds the yaml by name (the yaml
+composed on its base, with ``bits`` and ``strength`` set); adding a method adds a class and a
+yaml, nothing here. A learned model card without a yaml (a name in watermark/cards/, or a path to
+a card .yaml) is built by :data:`CARD_TARGET`.
+"""
 from __future__ import annotations
 
+import functools
+import inspect
 import os
 import stat
+from typing import Any, Optional
 
-from watermark import (BaselineUnavailableError, DwtDct, DwtDctSvd, RivaGAN, SecretKey,
-                       SpreadSpectrum, UnsupportedImageError)
-from watermark import load as load_card
+from hydra.utils import get_object
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from watermark import BaselineUnavailableError, SecretKey, UnsupportedImageError
 from watermark.base import Watermarker
 from watermark.cards import CARDS_DIR
 from watermark.keys import MAX_KEY_FILE_BYTES
 
 from madcore.errors import MadmarkError
+from madmark.hydra_app import compose_option, group_choices
 
-METHODS = ("spread_spectrum", "dwtdct", "dwtdctsvd", "rivagan")
+#: the factory of a learned model card: ``watermark.load(name_or_path)``
+CARD_TARGET = "watermark.load"
 #: the image side at which :func:`check_method` tries the settings (a size every method marks)
 REFERENCE_SIDE = 256
+#: the arguments a build target receives when its signature names them
+RUNTIME_ARGS = ("key", "height", "width")
 
 
 def card_names() -> list[str]:
@@ -23,31 +41,74 @@ def card_names() -> list[str]:
     return sorted(p.stem for p in CARDS_DIR.glob("*.yaml"))
 
 
+@functools.lru_cache(maxsize=None)
+def method_config(name: str) -> Optional[DictConfig]:
+    """``configs/watermark/<name>.yaml`` composed on its base (read-only), or None when ``name``
+    has no yaml with a ``build`` node (``none``, ``base``, a card path)."""
+    if name not in group_choices("watermark"):
+        return None
+    cfg = compose_option("watermark", name)
+    if "build" not in cfg:
+        return None
+    OmegaConf.set_readonly(cfg, True)
+    return cfg
+
+
+def method_names() -> list[str]:
+    """What ``method=`` takes: the method yamls, then the shipped cards without one."""
+    names = [n for n in group_choices("watermark") if method_config(n) is not None]
+    return names + [c for c in card_names() if c not in names]
+
+
+def build_spec(name: str, bits: int = 32, strength: float = 0.01,
+               build: Optional[DictConfig] = None) -> dict[str, Any]:
+    """The ``build`` node of method ``name`` with ``bits`` and ``strength`` set, resolved:
+    ``{"_target_": ..., setting: value}``. ``build``: a run's own (composed, perhaps
+    overridden) node, used when it builds the same ``_target_`` as the method's yaml."""
+    cfg = method_config(name)
+    if cfg is None:
+        if name in card_names() or name.endswith((".yaml", ".yml")):
+            return {"_target_": CARD_TARGET, "name_or_path": name}
+        raise MadmarkError(f"unknown watermark method '{name}'",
+                           f"use method= one of {', '.join(method_names())}")
+    cfg = OmegaConf.create(OmegaConf.to_container(cfg))       # a writable copy, unresolved
+    with open_dict(cfg):
+        cfg.bits, cfg.strength = bits, strength
+        if build is not None and build.get("_target_") == cfg.build._target_:
+            cfg.build = OmegaConf.to_container(build)
+    return OmegaConf.to_container(cfg.build, resolve=True)    # type: ignore[return-value]
+
+
+def build(spec: dict[str, Any], key: SecretKey, height: int, width: int) -> Watermarker:
+    """Call ``spec["_target_"]`` with the spec's settings and the :data:`RUNTIME_ARGS` it names."""
+    settings = {k: v for k, v in spec.items() if k != "_target_"}
+    target = get_object(spec["_target_"])
+    named = inspect.signature(target).parameters
+    runtime = {"key": key, "height": height, "width": width}
+    return target(**{k: v for k, v in runtime.items() if k in named}, **settings)
+
+
 def build_method(name: str, key: SecretKey, height: int, width: int, bits: int = 32,
-                 strength: float = 0.01) -> Watermarker:
-    """The watermarker ``name`` for (height, width) images.
+                 strength: float = 0.01, build_cfg: Optional[DictConfig] = None) -> Watermarker:
+    """The watermarker ``name`` for (height, width) images (see the module docstring).
 
     ``strength``: residual RMS in [0, 1] pixel units for spread spectrum (≈ −20·log10 dB PSNR).
-    A learned model card (a name in watermark/cards/ or a path to a card .yaml) carries its own
-    bits and strength; ``bits`` and ``strength`` are then ignored.
+    A learned model card carries its own bits and strength; ``bits`` and ``strength`` are then
+    ignored. ``build_cfg``: a run's ``watermark.build`` node (:func:`build_spec`).
     """
-    if name in card_names() or name.endswith((".yaml", ".yml")):
+    spec = build_spec(name, bits, strength, build_cfg)
+    if spec["_target_"] == CARD_TARGET:
         try:
-            return load_card(name)
+            return build(spec, key, height, width)
         except (OSError, ValueError, KeyError) as e:
             raise MadmarkError(f"cannot load watermark card '{name}': {str(e).splitlines()[0]}",
                                "pass a card name from watermark/cards/ or a card path") from e
     try:
-        if name == "spread_spectrum":
-            return SpreadSpectrum.for_image_size(key, height, width, num_bits=bits, alpha=strength)
-        if name in ("dwtdct", "dwtdctsvd", "rivagan"):
-            return {"dwtdct": DwtDct, "dwtdctsvd": DwtDctSvd, "rivagan": RivaGAN}[name](num_bits=bits)
+        return build(spec, key, height, width)
     except BaselineUnavailableError as e:
         raise MadmarkError(str(e).splitlines()[0], "pip install 'madmark[baselines]'") from e
     except ValueError as e:
         raise MadmarkError(f"method={name}: {e}", "change bits/strength or the method") from e
-    raise MadmarkError(f"unknown watermark method '{name}'",
-                       f"use method= one of {', '.join(METHODS + tuple(card_names()))}")
 
 
 def check_method(name: str, key: SecretKey, bits: int = 32, strength: float = 0.01) -> None:

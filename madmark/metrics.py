@@ -15,15 +15,16 @@ computes the same row (the k-NN metrics, FID and KID on all of them; cheap next 
 from __future__ import annotations
 
 import hashlib
+import inspect
 import warnings
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 from omegaconf import DictConfig
 
 from eval.features import FeatureUnavailable, build_extractor
-from eval.features.factory import build_lenet_extractor
+from eval.features.factory import EXTRACTORS, build_lenet_extractor
 from eval.fid import FeatureStats, frechet_distance, kid
 from eval.prdc import RealManifold
 from madcore import dist
@@ -83,33 +84,59 @@ def choose_extractor(name: str, splits: Splits) -> str:
     return "lenet" if labels is not None and len(torch.unique(labels)) >= 2 else "random_cnn"
 
 
+def _raw(f: DictConfig, splits: Splits, data_name: str, device: torch.device):
+    return build_extractor("raw")
+
+
+def _lenet(f: DictConfig, splits: Splits, data_name: str, device: torch.device):
+    """A LeNet trained on the REAL TRAIN split (or loaded from the cache), its accuracy measured
+    on the held-out reference split."""
+    if splits.train_labels is None:
+        raise MadmarkError(f"lenet features need class labels but data '{data_name}' has none",
+                           "set eval.features.name=random_cnn")
+    key = {"source": data_name, "shape": list(splits.sample_shape),
+           "train": fingerprint(splits.train, splits.train_labels)}
+    return build_lenet_extractor(
+        source=data_name, cache_dir=str(Path(f.cache_dir).expanduser()), key=key,
+        train_x=splits.train, train_y=splits.train_labels, val_x=splits.reference,
+        val_y=splits.reference_labels, epochs=int(f.epochs), seed=int(f.seed),
+        device=str(device), in_channels=splits.sample_shape[0])
+
+
+def _random_cnn(f: DictConfig, splits: Splits, data_name: str, device: torch.device):
+    return build_extractor("random_cnn", seed=int(f.seed),
+                           in_channels=3 if splits.sample_shape[0] == 3 else 1)
+
+
+def _pretrained(name: str) -> Callable[..., Any]:
+    """A pretrained extractor (inception, dinov2): built with the ``eval.features`` settings its
+    constructor names among weights_path and hub_dir."""
+    def make(f: DictConfig, splits: Splits, data_name: str, device: torch.device):
+        takes = inspect.signature(EXTRACTORS[name]).parameters
+        return build_extractor(name, **{k: f.get(k) for k in ("weights_path", "hub_dir")
+                                        if k in takes})
+    return make
+
+
+#: eval.features.name -> how the run builds it from (eval.features, splits, data name, device);
+#: an extractor of eval.features.factory.EXTRACTORS not listed is built as a pretrained one
+FROM_CONFIG: dict[str, Callable[..., Any]] = {"raw": _raw, "lenet": _lenet,
+                                              "random_cnn": _random_cnn}
+
+
 def make_extractor(cfg: DictConfig, splits: Splits, data_name: str, device: torch.device):
-    """The run's feature extractor; a LeNet is trained on the REAL TRAIN split (or loaded from
-    the cache), its accuracy measured on the held-out reference split."""
+    """The run's feature extractor (``cfg``: the ``eval`` block), by :data:`FROM_CONFIG`."""
     f = cfg.features
     name = choose_extractor(f.name, splits)
     if name == "raw" or splits.kind == "vector":
         if splits.kind == "vector" and name != "raw":
             raise MadmarkError(f"eval.features.name={name} needs images but data is vectors",
                                "set eval.features.name=raw (or auto)")
-        return build_extractor("raw")
+        name = "raw"
     try:
-        if name == "lenet":
-            if splits.train_labels is None:
-                raise MadmarkError(f"lenet features need class labels but data '{data_name}' "
-                                   "has none", "set eval.features.name=random_cnn")
-            key = {"source": data_name, "shape": list(splits.sample_shape),
-                   "train": fingerprint(splits.train, splits.train_labels)}
-            return build_lenet_extractor(
-                source=data_name, cache_dir=str(Path(f.cache_dir).expanduser()), key=key,
-                train_x=splits.train, train_y=splits.train_labels, val_x=splits.reference,
-                val_y=splits.reference_labels, epochs=int(f.epochs), seed=int(f.seed),
-                device=str(device), in_channels=splits.sample_shape[0])
-        if name == "random_cnn":
-            return build_extractor("random_cnn", seed=int(f.seed),
-                                   in_channels=3 if splits.sample_shape[0] == 3 else 1)
-        return build_extractor(name, weights_path=f.weights_path,
-                               **({"hub_dir": f.hub_dir} if name == "dinov2" else {}))
+        if name not in EXTRACTORS:
+            return build_extractor(name)          # its ValueError lists the choices
+        return FROM_CONFIG.get(name, _pretrained(name))(f, splits, data_name, device)
     except FeatureUnavailable as e:
         problem, _, fix = str(e).partition(" — ")
         raise MadmarkError(problem, fix or "set eval.features.name=lenet or random_cnn") from e

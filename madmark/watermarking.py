@@ -115,7 +115,7 @@ class RunWatermark:
         if i not in self._methods:
             _, h, w = self._shape
             method = build_method(self.method_name, self.key(t), h, w, int(self.cfg.bits),
-                                  float(self.cfg.strength))
+                                  float(self.cfg.strength), self.cfg.get("build"))
             if hasattr(method, "to"):
                 method.to(self.device)
             self._methods[i] = method

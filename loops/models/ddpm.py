@@ -169,13 +169,13 @@ class DDPMModel(GenerativeModel):
     def __init__(self, timesteps: int = 500, beta_schedule: str = "linear",
                  beta_start: float = 1e-4, beta_end: float = 0.02, base_channels: int = 64,
                  channel_mult: Sequence[int] = (1, 2, 2), num_res_blocks: int = 2,
-                 attn_resolution: int = 7, dropout: float = 0.0, groups: int = 32,
-                 patch_size: int = 1, train_steps: int = 10_000, epochs: Optional[float] = None,
+                 attn_resolution: int = 7, dropout: float = 0.1, groups: int = 32,
+                 patch_size: int = 1, train_steps: int = 20_000, epochs: Optional[float] = None,
                  batch_size: int = 128,
                  lr: float = 2e-4, weight_decay: float = 0.0, warmup_steps: int = 500,
-                 grad_clip: float = 1.0, ema_decay: float = 0.999, label_dropout: float = 0.1,
+                 grad_clip: float = 1.0, ema_decay: float = 0.9995, label_dropout: float = 0.1,
                  num_classes: Optional[int] = None, use_labels: bool = True,
-                 sample_steps: int = 50, ddim_eta: float = 0.0, sample_batch_size: int = 1000,
+                 sample_steps: int = 50, ddim_eta: float = 0.0, sample_batch_size: int = 2000,
                  clip_denoised: bool = True, precision: str = "auto") -> None:
         m = "DDPM"
         self.timesteps = check_int(m, "timesteps", timesteps)

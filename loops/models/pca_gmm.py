@@ -58,7 +58,7 @@ class PCAGMMModel(GenerativeModel):
           for c in GMMModel.fit_columns),
     )
 
-    def __init__(self, n_components: int = 32, gmm_components: int = 10, max_iter: int = 100,
+    def __init__(self, n_components: int = 64, gmm_components: int = 20, max_iter: int = 100,
                  tol: float = 1e-3, reg_covar: float = 1e-6, init: str = "kmeans++") -> None:
         if int(n_components) < 1:
             raise LoopError(f"PCA n_components={n_components} < 1", "set model.n_components >= 1")

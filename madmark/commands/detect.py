@@ -21,7 +21,7 @@ import torch
 
 from madcore.errors import MadmarkError
 from madcore.files import atomic_write_text
-from madmark.commands.options import parse
+from madmark.commands.options import DetectOptions, EmbedOptions, parse
 from madmark.folder_io import (SKIPPED, UNREADABLE, FolderScan, LoadedImage, embed_record,
                                group_by_shape, read_folder, report_problems)
 from madmark.hydra_app import report_error
@@ -29,8 +29,7 @@ from madmark.methods import check_method, method_for_shape, secret_key, skip_rea
 from madmark.rundir import rows_to_csv
 from watermark import Detector, SecretKey, UnsupportedImageError, Watermarker
 
-OPTIONS = {"key": "", "key_file": "", "alpha": 0.01, "out": "", "method": "", "bits": 0,
-           "strength": 0.0, "batch_size": 64}
+OPTIONS = DetectOptions
 COLUMNS = ["path", "status", "reason", "matched_bits", "num_bits", "bit_accuracy", "p_value",
            "flagged", "notes"]
 #: called with (shape (C, H, W), detector) before a shape group is tested
@@ -38,12 +37,12 @@ Prepare = Callable[[tuple, Detector], None]
 
 
 def method_settings(folder: Path, opts: dict) -> dict:
-    """Method, bits, strength: options given on the command line win over watermark.json."""
+    """Method, bits, strength: options given on the command line win over watermark.json, which
+    wins over ``madmark embed``'s defaults (:class:`EmbedOptions`)."""
     given = opts["method"] and opts["bits"] and opts["strength"]
     recorded = {} if given else embed_record(folder) or {}
-    return {"method": opts["method"] or recorded.get("method", "spread_spectrum"),
-            "bits": opts["bits"] or recorded.get("bits", 32),
-            "strength": opts["strength"] or recorded.get("strength", 0.01)}
+    return {key: opts[key] or recorded.get(key, getattr(EmbedOptions, key))
+            for key in ("method", "bits", "strength")}
 
 
 def check_alpha(alpha: float) -> None:

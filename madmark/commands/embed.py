@@ -23,7 +23,7 @@ import torch
 from madcore.errors import MadmarkError
 from madcore.files import atomic_directory, atomic_write_json, atomic_write_text
 from madcore.images import write_png
-from madmark.commands.options import parse
+from madmark.commands.options import EmbedOptions, parse
 from madmark.folder_io import (SKIPPED, UNREADABLE, check_output_folder, check_outputs,
                                group_by_shape, output_name, read_folder, report_problems)
 from madmark.hydra_app import report_error
@@ -31,8 +31,7 @@ from madmark.methods import check_method, method_for_shape, secret_key, skip_rea
 from madmark.rundir import rows_to_csv
 from watermark import UnsupportedImageError, psnr
 
-OPTIONS = {"key": "", "key_file": "", "method": "spread_spectrum", "bits": 32, "strength": 0.01,
-           "batch_size": 64}
+OPTIONS = EmbedOptions
 COLUMNS = ["input", "output", "status", "reason", "psnr_db", "notes"]
 
 

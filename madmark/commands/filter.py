@@ -43,9 +43,9 @@ import torch
 
 from madcore.errors import MadmarkError
 from madcore.files import atomic_directory, atomic_write_text
-from madmark.commands.detect import (COLUMNS, OPTIONS as DETECT_OPTIONS, check_alpha,
-                                     detect_images, method_settings, shape_methods)
-from madmark.commands.options import parse
+from madmark.commands.detect import (COLUMNS, check_alpha, detect_images, method_settings,
+                                     shape_methods)
+from madmark.commands.options import FilterOptions, parse
 from madmark.folder_io import (LoadedImage, check_output_folder, group_by_shape, read_folder,
                                report_problems)
 from madmark.hydra_app import report_error
@@ -53,7 +53,7 @@ from madmark.methods import check_method, secret_key
 from madmark.rundir import rows_to_csv
 from watermark import Detector
 
-OPTIONS = {**DETECT_OPTIONS, "calibrate": ""}
+OPTIONS = FilterOptions
 MANIFEST = [*COLUMNS, "decision"]
 
 

@@ -1,17 +1,77 @@
-"""``key=value`` options for the non-Hydra commands (embed, detect, filter)."""
+"""``key=value`` options for the non-Hydra commands (embed, detect, filter, radioactivity).
+
+Each command declares its options as one dataclass (:class:`EmbedOptions`, :class:`DetectOptions`,
+:class:`FilterOptions`, :class:`RadioactivityOptions`): the field names are the keys it takes,
+their annotations convert the values, and their defaults are the command's only defaults.
+"""
 from __future__ import annotations
 
+import typing
+from dataclasses import dataclass, fields
 from typing import Any
 
 from madcore.errors import MadmarkError
 
 
-def parse(args: list[str], positional: list[str], options: dict[str, Any],
+@dataclass
+class EmbedOptions:
+    """``madmark embed``: the key (``key`` or ``key_file``), the method and its settings
+    (``strength``: residual RMS on [0, 1] pixels), images per embed call."""
+    key: str = ""
+    key_file: str = ""
+    method: str = "spread_spectrum"
+    bits: int = 32
+    strength: float = 0.01
+    batch_size: int = 64
+
+
+@dataclass
+class DetectOptions:
+    """``madmark detect``: the key, the false-positive rate, the CSV written (``""``: next to the
+    folder's name), and the method settings (empty/0: from the folder's watermark.json, else
+    spread spectrum's 32 bits at 0.01)."""
+    key: str = ""
+    key_file: str = ""
+    alpha: float = 0.01
+    out: str = ""
+    method: str = ""
+    bits: int = 0
+    strength: float = 0.0
+    batch_size: int = 64
+
+
+@dataclass
+class FilterOptions(DetectOptions):
+    """``madmark filter``: detect's options and a folder of known-clean images to calibrate on."""
+    calibrate: str = ""
+
+
+@dataclass
+class RadioactivityOptions:
+    """``madmark radioactivity``: see madmark/commands/radioactivity.py."""
+    generation: int = 0
+    n: int = 2000
+    alpha: float = 0.01
+    clean_run: str = ""
+    clean_generation: int = 1
+    key_file: str = ""
+    seed: int = 0
+    device: str = "cpu"
+    out: str = ""
+
+
+def defaults(options: type) -> dict[str, Any]:
+    """{key: default} of an options dataclass."""
+    return {f.name: f.default for f in fields(options)}
+
+
+def parse(args: list[str], positional: list[str], options: type,
           command: str) -> dict[str, Any]:
     """Split ``args`` into the named positional arguments and ``key=value`` options.
 
-    ``options`` maps each allowed key to its default (its type converts the value)."""
-    values = dict(options)
+    ``options``: the command's options dataclass (its fields' types convert the values)."""
+    values = defaults(options)
+    types = typing.get_type_hints(options)
     pos = [a for a in args if "=" not in a]
     if len(pos) != len(positional):
         raise MadmarkError(f"madmark {command} takes {len(positional)} folder argument(s) "
@@ -19,14 +79,14 @@ def parse(args: list[str], positional: list[str], options: dict[str, Any],
                            f"run madmark {command} --help")
     for arg in (a for a in args if "=" in a):
         key, _, value = arg.partition("=")
-        if key not in options:
+        if key not in values:
             raise MadmarkError(f"unknown option '{key}' for madmark {command}",
-                               f"use one of {', '.join(options)}")
-        default = options[key]
+                               f"use one of {', '.join(values)}")
+        kind = types[key]
         try:
-            values[key] = type(default)(value) if default is not None else value
+            values[key] = kind(value)
         except ValueError:
-            raise MadmarkError(f"{key}={value} is not a valid {type(default).__name__}",
-                               f"set {key} to a {type(default).__name__}") from None
+            raise MadmarkError(f"{key}={value} is not a valid {kind.__name__}",
+                               f"set {key} to a {kind.__name__}") from None
     values.update(zip(positional, pos))
     return values

@@ -15,13 +15,12 @@ import math
 from pathlib import Path
 
 from madcore.files import atomic_write_text
-from madmark.commands.options import parse
+from madmark.commands.options import RadioactivityOptions, parse
 from madcore.errors import MadmarkError
 from madmark.hydra_app import report_error
 from madmark.radioactivity import radioactivity
 
-OPTIONS = {"generation": 0, "n": 2000, "alpha": 0.01, "clean_run": "", "clean_generation": 1,
-           "key_file": "", "seed": 0, "device": "cpu", "out": ""}
+OPTIONS = RadioactivityOptions
 
 
 def _json_number(value):

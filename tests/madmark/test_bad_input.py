@@ -43,7 +43,8 @@ def one_line(err: str) -> str:
     ("progress=maybe",
      "madmark: error: progress='maybe' is not true or false — set progress=true or progress=false"),
     ("eval.k=abc", "madmark: error: eval.k='abc' is not an integer — set eval.k=5"),
-    ("data.dim=abc", "madmark: error: data.dim='abc' is not a number — set data.dim=8"),  # implied
+    ("data.dim=abc",                                         # data/gaussian_schema
+     "madmark: error: data.dim='abc' is not an integer — set data.dim=8"),
     ("samples_grid=null", "madmark: error: samples_grid=null is not an integer — "
                           "set samples_grid=64"),
 ])

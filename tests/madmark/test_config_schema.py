@@ -58,9 +58,10 @@ def test_the_schema_is_a_structured_config():
                       "auto_resume=false"),
     ("eval.features.epochs=x", "eval.features.epochs='x' is not an integer — "
                                "set eval.features.epochs=8"),
-    ("model.n_components=abc", "model.n_components='abc' is not a number — "
-                               "set model.n_components=64"),
-    ("model.tol=abc", "model.tol='abc' is not a number — set model.tol=0.001"),
+    # implied by the files (model and data keys are typed by their schemas at composition:
+    # tests/madmark/test_component_configs.py)
+    ("filter.min_pool=abc", "filter.min_pool='abc' is not a number — set filter.min_pool=64"),
+    ("filter.alpha=abc", "filter.alpha='abc' is not a number — set filter.alpha=0.01"),
 ])
 def test_a_wrong_type_is_named_with_its_fix(override, message):
     cfg, base = composed(override)
@@ -71,7 +72,7 @@ def test_a_wrong_type_is_named_with_its_fix(override, message):
 
 @pytest.mark.parametrize("override", ["loop.bias=1", "seed='7'", "loop.n_real=null",
                                       "model.n_components=32", "model.tol=1", "name=2024",
-                                      "model.n_components=null"])
+                                      "filter.min_pool=null"])
 def test_values_of_the_right_type_pass(override):
     cfg, base = composed(override)
     check_config(cfg, implied_types(base))

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import configs  # noqa: F401  (registers the schemas the model yamls start from)
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from torch import nn
@@ -22,7 +23,8 @@ from loops.models.unet import UNet
 
 TINY = dict(timesteps=50, beta_start=2e-3, beta_end=0.2, base_channels=8, channel_mult=(1, 2),
             num_res_blocks=1, attn_resolution=0, groups=8, batch_size=32, lr=3e-3,
-            warmup_steps=10, ema_decay=0.9, sample_steps=10, sample_batch_size=48)
+            warmup_steps=10, ema_decay=0.9, sample_steps=10, sample_batch_size=48,
+            dropout=0.0)
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

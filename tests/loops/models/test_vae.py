@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+import configs  # noqa: F401  (registers the schemas the model yamls start from)
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from torch.distributions import (Bernoulli, ContinuousBernoulli, Normal, kl_divergence)

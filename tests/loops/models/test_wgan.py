@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import configs  # noqa: F401  (registers the schemas the model yamls start from)
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from torch import nn
