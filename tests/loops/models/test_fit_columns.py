@@ -3,10 +3,11 @@
 import pytest
 import torch
 
-from loops.models import (DDPMModel, FlowModel, GaussianModel, GMMModel, PCAGMMModel,
-                          WGANGPModel)
+from loops.models import (DDPMModel, FlowModel, GaussianModel, GMMModel, LatentDiffusionModel,
+                          PCAGMMModel, WGANGPModel)
 from loops.models.base import FIT_PREFIX
 from tests.loops.models.test_ddpm import TINY as DDPM_TINY
+from tests.loops.models.test_latent_diffusion import SMALL as LD_SMALL
 from tests.loops.models.test_wgan import SMALL as WGAN_SMALL
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -27,6 +28,7 @@ CASES = {
     "flow": (lambda: FlowModel(n_layers=2, hidden=8, steps=2, batch_size=32), vectors),
     "ddpm": (lambda: DDPMModel(**{**DDPM_TINY, "train_steps": 2}), images),
     "wgan": (lambda: WGANGPModel(**{**WGAN_SMALL, "steps": 2}), images),
+    "latent_diffusion": (lambda: LatentDiffusionModel(**{**LD_SMALL, "train_steps": 2}), images),
 }
 
 
@@ -41,5 +43,6 @@ def test_fit_returns_the_declared_statistics(name):
 
 
 def test_every_builtin_model_declares_its_fit_columns():
-    for cls in (GaussianModel, GMMModel, PCAGMMModel, FlowModel, DDPMModel, WGANGPModel):
+    for cls in (GaussianModel, GMMModel, PCAGMMModel, FlowModel, DDPMModel, WGANGPModel,
+                LatentDiffusionModel):
         assert cls.fit_columns, cls.__name__
