@@ -110,14 +110,14 @@ def test_sigkill_at_a_point_then_resume_equals_uninterrupted(cli, uninterrupted,
 # -- the deep regenerators: SIGKILL after a checkpoint, resume, byte-identical outputs ------------
 #: two generations of each on sklearn's 8x8 digits (labelled: latent_diffusion is conditional
 #: and samples with guidance at λ = 0.8; the VAE is unconditional and λ is its temperature)
-DEEP = {"vae_tiny": ["model.epochs=2", "model.prior_steps=30"],
-        "latent_diffusion_tiny": ["model.ae_epochs=1", "model.train_steps=20"]}
+DEEP = {"vae_tiny": ["model.epochs=1", "model.prior_steps=10"],
+        "latent_diffusion_tiny": ["model.ae_epochs=1", "model.train_steps=10"]}
 
 
 @pytest.mark.parametrize("model", DEEP)
 def test_sigkill_of_a_deep_model_run_then_resume_equals_uninterrupted(cli, tmp_path, model):
     args = ["data=digits", f"model={model}", *DEEP[model], "loop.generations=3",
-            "loop.n_real=400", "loop.bias=0.8", "eval.enabled=false", "progress=false",
+            "loop.n_real=200", "loop.bias=0.8", "eval.enabled=false", "progress=false",
             "samples_grid=16", "seed=3"]
     full, cut = tmp_path / "full" / "run", tmp_path / "cut" / "run"   # the report names the folder
     code, _, err = cli("run", *args, f"hydra.run.dir={full}")
