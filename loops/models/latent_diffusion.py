@@ -3,14 +3,14 @@ latent, trained on the pool, then a DDPM (DDIM sampling) on its standardised lat
 conditional with classifier-free guidance when the pool has labels. Both stages are trained from
 scratch every generation.
 
-    m = LatentDiffusionModel(latent_channels=4, ae_levels=2, ae_epochs=15, epochs=60)
+    m = LatentDiffusionModel(latent_channels=2, ae_levels=2, ae_epochs=8, train_steps=1200)
     m.fit(x, generator, labels=y)      # x (N, C, H, W) in [0, 1]; y int64 (N,) or None
     s = m.sample(n, bias=0.7, generator=g, labels=ys)       # (n, C, H, W) in [0, 1]
 
 Stage 1, the autoencoder (:class:`LatentAutoencoder`, the "KL-f4" shape for ``ae_levels=2``):
 ``ae_levels`` stride-2 4×4 convolutions (``ae_width`` · 2^i channels, SiLU, ``ae_blocks`` 3×3
 residual blocks each) down to a grid of ``latent_channels`` × ⌈H/2^L⌉ × ⌈W/2^L⌉ (28×28 MNIST with
-L = 2: 4 × 7 × 7), where a 3×3 convolution gives the posterior mean and log-variance of every
+L = 2 and c = 2: 2 × 7 × 7), where a 3×3 convolution gives the posterior mean and log-variance of every
 latent element; the decoder mirrors it with transposed convolutions. Sides that are not multiples
 of 2^L are zero-padded inside and cropped back (the building blocks and the likelihoods are those
 of :mod:`.vae`). Loss per image, in nats: the reconstruction NLL −log p(x | z) of one
@@ -151,18 +151,18 @@ class LatentDiffusionModel(GenerativeModel):
         DDPMModel.fit_columns[4],                       # fit_num_classes
     )
 
-    def __init__(self, latent_channels: int = 4, ae_width: int = 32, ae_levels: int = 2,
-                 ae_blocks: int = 0, ae_likelihood: str = "bernoulli", kl_weight: float = 1e-3,
-                 ae_epochs: float = 15, ae_batch_size: int = 64, ae_lr: float = 2e-3,
+    def __init__(self, latent_channels: int = 2, ae_width: int = 16, ae_levels: int = 2,
+                 ae_blocks: int = 0, ae_likelihood: str = "bernoulli", kl_weight: float = 1e-2,
+                 ae_epochs: float = 8, ae_batch_size: int = 64, ae_lr: float = 2e-3,
                  timesteps: int = 500, beta_schedule: str = "linear", beta_start: float = 1e-4,
-                 beta_end: float = 0.02, base_channels: int = 32,
+                 beta_end: float = 0.02, base_channels: int = 16,
                  channel_mult: Sequence[int] = (1, 2), num_res_blocks: int = 1,
                  attn_resolution: int = 0, dropout: float = 0.0, groups: int = 8,
-                 train_steps: int = 2000, epochs: Optional[float] = None, batch_size: int = 128,
+                 train_steps: int = 1200, epochs: Optional[float] = None, batch_size: int = 64,
                  lr: float = 2e-3, weight_decay: float = 0.0, warmup_steps: int = 100,
                  grad_clip: float = 1.0, ema_decay: float = 0.999, label_dropout: float = 0.1,
                  num_classes: Optional[int] = None, use_labels: bool = True,
-                 sample_steps: int = 20, ddim_eta: float = 0.0, sample_batch_size: int = 1000,
+                 sample_steps: int = 10, ddim_eta: float = 1.0, sample_batch_size: int = 1000,
                  precision: str = "auto") -> None:
         m = "latent_diffusion"
         self.ae_arch = {"latent_channels": check_int(m, "latent_channels", latent_channels),
