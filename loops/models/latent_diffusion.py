@@ -3,7 +3,7 @@ latent, trained on the pool, then a DDPM (DDIM sampling) on its standardised lat
 conditional with classifier-free guidance when the pool has labels. Both stages are trained from
 scratch every generation.
 
-    m = LatentDiffusionModel(latent_channels=2, ae_levels=2, ae_epochs=8, train_steps=1200)
+    m = LatentDiffusionModel(latent_channels=2, ae_levels=2, ae_epochs=6, train_steps=1100)
     m.fit(x, generator, labels=y)      # x (N, C, H, W) in [0, 1]; y int64 (N,) or None
     s = m.sample(n, bias=0.7, generator=g, labels=ys)       # (n, C, H, W) in [0, 1]
 
@@ -153,12 +153,12 @@ class LatentDiffusionModel(GenerativeModel):
 
     def __init__(self, latent_channels: int = 2, ae_width: int = 16, ae_levels: int = 2,
                  ae_blocks: int = 0, ae_likelihood: str = "bernoulli", kl_weight: float = 1e-2,
-                 ae_epochs: float = 8, ae_batch_size: int = 64, ae_lr: float = 2e-3,
+                 ae_epochs: float = 6, ae_batch_size: int = 64, ae_lr: float = 2e-3,
                  timesteps: int = 500, beta_schedule: str = "linear", beta_start: float = 1e-4,
                  beta_end: float = 0.02, base_channels: int = 16,
                  channel_mult: Sequence[int] = (1, 2), num_res_blocks: int = 1,
                  attn_resolution: int = 0, dropout: float = 0.0, groups: int = 8,
-                 train_steps: int = 1200, epochs: Optional[float] = None, batch_size: int = 64,
+                 train_steps: int = 1100, epochs: Optional[float] = None, batch_size: int = 64,
                  lr: float = 2e-3, weight_decay: float = 0.0, warmup_steps: int = 100,
                  grad_clip: float = 1.0, ema_decay: float = 0.999, label_dropout: float = 0.1,
                  num_classes: Optional[int] = None, use_labels: bool = True,
