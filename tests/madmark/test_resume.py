@@ -114,6 +114,7 @@ DEEP = {"vae_tiny": ["model.epochs=1", "model.prior_steps=10"],
         "latent_diffusion_tiny": ["model.ae_epochs=1", "model.train_steps=10"]}
 
 
+@pytest.mark.slow                  # ~25-60 s each (3 processes, 5 fits) on 2 shared CPU cores
 @pytest.mark.parametrize("model", DEEP)
 def test_sigkill_of_a_deep_model_run_then_resume_equals_uninterrupted(cli, tmp_path, model):
     args = ["data=digits", f"model={model}", *DEEP[model], "loop.generations=3",
