@@ -61,13 +61,16 @@ def test_the_latent_grid_is_the_padded_side_over_2_to_the_levels(shape, levels, 
     torch.testing.assert_close(out, net.decode(mu2))      # eps = 0 decodes the mean
 
 
-@pytest.mark.parametrize("shape", [(3, 12, 10), (1, 8, 6), (1, 25, 25)])
-def test_any_image_shape_large_enough_fits_and_samples(shape):
-    m, stats = fitted(x=blobs(32, shape), ae_levels=1, channel_mult=(1, 2))
+@pytest.mark.parametrize("shape, likelihood", [((3, 12, 10), "gaussian"), ((1, 8, 6), "bernoulli"),
+                                               ((1, 25, 25), "bernoulli")])
+def test_any_image_shape_large_enough_fits_and_samples(shape, likelihood):
+    m, stats = fitted(x=blobs(32, shape), ae_levels=1, channel_mult=(1, 2),
+                      ae_likelihood=likelihood)
     s = m.sample(5, 1.0, torch.Generator().manual_seed(1))
     assert s.shape == (5, *shape) and s.dtype == torch.float32
     assert float(s.min()) >= 0 and float(s.max()) <= 1
     assert all(isinstance(v, float) and math.isfinite(v) for v in stats.values())
+    assert ("ae.log_scale" in m.state_dict()) == (likelihood == "gaussian")   # learned pixel s
 
 
 # -- the two stages -----------------------------------------------------------------------------
