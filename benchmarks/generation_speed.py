@@ -1,9 +1,9 @@
 """Fit and sample seconds of one mnist5k generation per regenerator, against ``pca_gmm`` measured
 in the same run.
 
-Run (from the repository root; ~1-2 min on 2 CPU cores):
+Run (from the repository root; ~3 min on 2 CPU cores):
 
-    python benchmarks/generation_speed.py                       # pca_gmm, vae (+ latent_diffusion)
+    python benchmarks/generation_speed.py                       # pca_gmm, vae, latent_diffusion
     python benchmarks/generation_speed.py --models pca_gmm,vae_tiny --repeats 3
     python benchmarks/generation_speed.py --threads 2 --device cuda
 
@@ -39,8 +39,8 @@ from madcore.rng import generator  # noqa: E402
 from madmark.data import MNIST5k  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-#: The regenerators compared by default. latent_diffusion is the next deep regenerator: it is
-#: timed as soon as configs/model/latent_diffusion.yaml exists (until then its line says so).
+#: The regenerators compared by default (a model whose configs/model/<name>.yaml is missing is
+#: reported as not available).
 DEFAULT_MODELS = ("pca_gmm", "vae", "latent_diffusion")
 BASELINE = "pca_gmm"
 N_SAMPLES = 4000

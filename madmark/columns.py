@@ -24,13 +24,14 @@ import loops.stages
 import madmark.evaluation
 import madmark.metrics
 import madmark.watermarking
-from loops.models import (DDPMModel, FlowModel, GaussianModel, GMMModel, PCAGMMModel,
-                          VAEModel, WGANGPModel)
+from loops.models import (DDPMModel, FlowModel, GaussianModel, GMMModel, LatentDiffusionModel,
+                          PCAGMMModel, VAEModel, WGANGPModel)
 from madcore.columns import Column, ColumnRegistry, Producer
 
 _EVERY = "every run"
 _WATERMARK = "runs with a watermark (`watermark=<method>`)"
-_MODELS = (GaussianModel, GMMModel, PCAGMMModel, FlowModel, DDPMModel, WGANGPModel, VAEModel)
+_MODELS = (GaussianModel, GMMModel, PCAGMMModel, FlowModel, DDPMModel, WGANGPModel, VAEModel,
+           LatentDiffusionModel)
 
 #: every producer of results.csv columns, in the order a row is built
 PRODUCERS: tuple[Producer, ...] = (

@@ -1,14 +1,15 @@
 """Generative models of the loop: fit from scratch on a pool, sample with bias λ ∈ (0, 1].
 
-The neural ones (flow, WGAN-GP, DDPM, VAE) are built on the shared scaffold :mod:`.training`."""
+The neural ones (flow, WGAN-GP, DDPM, VAE, latent diffusion) are built on the shared scaffold :mod:`.training`."""
 from .base import GenerativeModel, ProgressFn
 from .ddpm import DDPMModel
 from .flow import FlowModel
 from .gaussian import GaussianModel
 from .gmm import GMMModel
+from .latent_diffusion import LatentDiffusionModel
 from .pca_gmm import PCAGMMModel
 from .vae import VAEModel
 from .wgan import WGANGPModel
 
 __all__ = ["GenerativeModel", "ProgressFn", "DDPMModel", "FlowModel", "GaussianModel", "GMMModel",
-           "PCAGMMModel", "VAEModel", "WGANGPModel"]
+           "LatentDiffusionModel", "PCAGMMModel", "VAEModel", "WGANGPModel"]

@@ -241,23 +241,32 @@ class DDPMModel(GenerativeModel):
         if not bool(torch.isfinite(x).all()):
             raise LoopError("DDPMModel got non-finite (NaN/inf) training data",
                             "check the data source or the previous generation's samples")
-        n, device, p = x.shape[0], x.device, self.arch["patch_size"]
+        p = self.arch["patch_size"]
         if x.shape[2] % p or x.shape[3] % p:
             raise LoopError(f"model.patch_size={p} does not divide the image size "
                             f"{tuple(x.shape[2:])}", "set model.patch_size to 1 or a divisor")
         if self.batch_size < dist.world_size():
             raise LoopError(f"model.batch_size={self.batch_size} < {dist.world_size()} ranks",
                             "raise model.batch_size (it is the global batch)")
+        return self.fit_scaled(x.float() * 2 - 1, generator, progress, labels)
+
+    def fit_scaled(self, x0: torch.Tensor, generator: torch.Generator,
+                   progress: Optional[ProgressFn] = None,
+                   labels: Optional[torch.Tensor] = None) -> dict[str, float]:
+        """:meth:`fit` on data already in the diffusion's space: x0 (N, C, H, W) float32, the
+        images scaled to [−1, 1] (what ``fit`` passes) or any roughly unit-scale tensor, such as
+        the standardised latents of :class:`~.latent_diffusion.LatentDiffusionModel`. Same
+        statistics and draws as ``fit``; no checks on x0 beyond those ``fit`` makes."""
+        n, device = x0.shape[0], x0.device
         y, k = None, 0
         if self.use_labels and labels is not None:
             y, k = self._labels(labels, n, device)
-        self.shape, self.num_classes = tuple(int(s) for s in x.shape[1:]), k
+        self.shape, self.num_classes = tuple(int(s) for s in x0.shape[1:]), k
         steps = (math.ceil(float(self.epochs) * n / self.batch_size) if self.epochs
                  else self.train_steps)
         with seeded(generator, device):                   # init (on CPU, then moved) and dropout
             net = self._build(k).to(device)
-            losses, images_per_s = self._train(net, x.float() * 2 - 1, y, steps, generator,
-                                               progress)
+            losses, images_per_s = self._train(net, x0, y, steps, generator, progress)
         self.loss_curve = losses.cpu()
         smooth, d = 0.0, 0.98
         for v in self.loss_curve.tolist():                      # bias-corrected EMA of the loss
@@ -320,11 +329,23 @@ class DDPMModel(GenerativeModel):
 
         Conditional models use ``labels`` int64 (n,) or draw them uniformly from ``generator``.
         """
-        bias, device, gdev = begin_sampling(self, self.net, bias, generator)
+        bias = begin_sampling(self, self.net, bias, generator).bias
         if not self.conditional and bias != 1.0:
             raise LoopError(f"sampling bias λ={bias} needs classifier-free guidance, which needs "
                             "class labels; the DDPM was fitted on data without labels",
                             "set loop.bias=1 or use labelled data")
+        out = self.sample_scaled(n, bias, generator, labels)
+        return ((out + 1) / 2).clamp(0.0, 1.0)           # clamp keeps NaN: the engine sees it
+
+    @torch.no_grad()
+    def sample_scaled(self, n: int, bias: float = 1.0,
+                      generator: Optional[torch.Generator] = None,
+                      labels: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """:meth:`sample` in the diffusion's space: the DDIM output x̂0 (n, C, H, W) float32 as
+        the net was trained on (``fit_scaled``'s x0), not mapped to [0, 1] nor clamped (only the
+        per-step x̂0 clamp of ``clip_denoised`` applies). Guidance w = 1/λ − 1; an unconditional
+        model runs with w = 0 whatever λ (callers refuse λ ≠ 1 there)."""
+        bias, device, gdev = begin_sampling(self, self.net, bias, generator)
         n, w, k = int(n), 1.0 / bias - 1.0, self.num_classes
         if self.conditional:
             if labels is None:
@@ -354,8 +375,7 @@ class DDPMModel(GenerativeModel):
                 x = ddim_step(x, eps, float(ab[ts[i]]), ab_prev, self.ddim_eta, z,
                               self.clip_denoised)
             chunks.append(dist.all_gather_cat(x))
-        out = torch.cat(chunks) if chunks else torch.empty((0, *self.shape), device=device)
-        return ((out + 1) / 2).clamp(0.0, 1.0)           # clamp keeps NaN: the engine sees it
+        return torch.cat(chunks) if chunks else torch.empty((0, *self.shape), device=device)
 
     # -- state ---------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, torch.Tensor]:

@@ -16,6 +16,7 @@ from madmark.hydra_app import config_dir, group_choices
 VARIANTS = {
     "model/ddpm_tiny": "a tiny CPU DDPM for smoke runs and tests (ddpm with smaller settings)",
     "model/vae_tiny": "a tiny CPU VAE for smoke runs and tests (vae with smaller settings)",
+    "model/latent_diffusion_tiny": "a tiny CPU latent diffusion for smoke runs and tests",
     "model/wgan_gp_tiny": "a tiny CPU WGAN-GP for smoke runs and tests",
     "data/photos256": "Photos at 256x256 for the invisible-watermark baselines (>= 256 px)",
 }

@@ -105,3 +105,31 @@ def test_sigkill_at_a_point_then_resume_equals_uninterrupted(cli, uninterrupted,
     assert outputs(cut) == outputs(uninterrupted)             # grids, results, status, report
     assert "generations finished: 3 of 3, status: complete" in (cut / "report.md").read_text()
     assert not [p for p in cut.rglob("*") if is_temporary(p)]
+
+
+# -- the deep regenerators: SIGKILL after a checkpoint, resume, byte-identical outputs ------------
+#: two generations of each on sklearn's 8x8 digits (labelled: latent_diffusion is conditional
+#: and samples with guidance at λ = 0.8; the VAE is unconditional and λ is its temperature)
+DEEP = {"vae_tiny": ["model.epochs=1", "model.prior_steps=10"],
+        "latent_diffusion_tiny": ["model.ae_epochs=1", "model.train_steps=10"]}
+
+
+@pytest.mark.slow                  # ~25-60 s each (3 processes, 5 fits) on 2 shared CPU cores
+@pytest.mark.parametrize("model", DEEP)
+def test_sigkill_of_a_deep_model_run_then_resume_equals_uninterrupted(cli, tmp_path, model):
+    args = ["data=digits", f"model={model}", *DEEP[model], "loop.generations=3",
+            "loop.n_real=200", "loop.bias=0.8", "eval.enabled=false", "progress=false",
+            "samples_grid=16", "seed=3"]
+    full, cut = tmp_path / "full" / "run", tmp_path / "cut" / "run"   # the report names the folder
+    code, _, err = cli("run", *args, f"hydra.run.dir={full}")
+    assert code == 0, err
+    killed = subprocess.run([sys.executable, "-m", "madmark", "run", *args,
+                             f"hydra.run.dir={cut}"], cwd=tmp_path, capture_output=True,
+                            env={**os.environ, "PYTHONPATH": str(REPO),
+                                 "MADMARK_KILL_AT": "after-checkpoint@2"}, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert Checkpoints(cut / "state").finished() == [1, 2]
+    code, _, err = cli("run", f"resume={cut}", "progress=false")
+    assert code == 0, err
+    assert outputs(cut) == outputs(full)                      # grids, results, status, report
+    assert (cut / "state" / "g0003.pt").read_bytes() == (full / "state" / "g0003.pt").read_bytes()

@@ -7,9 +7,10 @@ import inspect
 
 import loops.models
 from loops.models import (DDPMModel, FlowModel, GaussianModel, GenerativeModel, GMMModel,
-                          PCAGMMModel, VAEModel, WGANGPModel)
+                          LatentDiffusionModel, PCAGMMModel, VAEModel, WGANGPModel)
 from loops.models.base import FIT_PREFIX
 from tests.loops.models.test_ddpm import TINY as DDPM_TINY
+from tests.loops.models.test_latent_diffusion import SMALL as LD_SMALL
 from tests.loops.models.test_wgan import SMALL as WGAN_SMALL
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -34,6 +35,7 @@ CASES = {
             images),
     "vae_normal_prior": (lambda: VAEModel(latent_dim=2, width=4, epochs=1, prior="normal"),
                          images),
+    "latent_diffusion": (lambda: LatentDiffusionModel(**{**LD_SMALL, "train_steps": 2}), images),
 }
 
 
@@ -50,7 +52,7 @@ def test_fit_returns_the_declared_statistics(name):
 def test_every_builtin_model_declares_its_fit_columns_and_has_a_case_here():
     builtin = [m for m in vars(loops.models).values() if inspect.isclass(m)
                and issubclass(m, GenerativeModel) and not inspect.isabstract(m)]
-    assert len(builtin) >= 7
+    assert len(builtin) >= 8
     tested = {type(make()) for make, _ in CASES.values()}
     for cls in builtin:
         assert cls.fit_columns, cls.__name__
