@@ -377,6 +377,38 @@ class DDPMModel(GenerativeModel):
             chunks.append(dist.all_gather_cat(x))
         return torch.cat(chunks) if chunks else torch.empty((0, *self.shape), device=device)
 
+    @torch.no_grad()
+    def regenerate_scaled(self, x0: torch.Tensor, strength: float,
+                          generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """Noise, then denoise (SDEdit, Meng et al. 2022; the diffusion regeneration attack of
+        Zhao et al. 2023) in the diffusion's space: x0 (N, C, H, W) as ``fit_scaled``'s is noised
+        by the forward process to t* = round(strength · (T − 1)), x_t* = √ᾱ x0 + √(1 − ᾱ) ε,
+        then taken back to t = 0 by DDIM over the ``sample_steps`` grid's timesteps below t*
+        (t* itself first), without labels (the null class of a conditional model). ``strength``
+        in (0, 1]; 1 starts from (almost) pure noise. Returns x̂0 (N, C, H, W) float32."""
+        net = require_fitted(self, self.net)
+        device = next(net.parameters()).device
+        gdev = generator.device if generator is not None else device
+        t_star = round(float(strength) * (self.timesteps - 1))
+        grid = [t for t in ddim_timesteps(self.timesteps, self.sample_steps).tolist() if t < t_star]
+        ts, ab = [*grid, t_star], self.alphas_cumprod
+        noise = torch.randn(x0.shape, generator=generator, device=gdev).to(device)
+        x = math.sqrt(float(ab[t_star])) * x0.to(device).float() + math.sqrt(
+            1 - float(ab[t_star])) * noise
+        y = (torch.full((x.shape[0],), self.num_classes, device=device, dtype=torch.long)
+             if self.conditional else None)
+        ctx = autocast(device, autocast_dtype(device, self.precision))
+        for i in reversed(range(len(ts))):
+            z = None
+            if self.ddim_eta > 0 and i > 0:
+                z = torch.randn(x.shape, generator=generator, device=gdev).to(device)
+            with ctx:
+                tt = torch.full((x.shape[0],), ts[i], device=device, dtype=torch.long)
+                eps = net(x, tt, y).float()
+            ab_prev = float(ab[ts[i - 1]]) if i > 0 else 1.0
+            x = ddim_step(x, eps, float(ab[ts[i]]), ab_prev, self.ddim_eta, z, self.clip_denoised)
+        return x
+
     # -- state ---------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, torch.Tensor]:
         """EMA weights under ``net.``, β schedule (float64), image shape, classes, UNet shape."""

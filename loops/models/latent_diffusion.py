@@ -339,20 +339,45 @@ class LatentDiffusionModel(GenerativeModel):
                             "needs class labels; this latent_diffusion was fitted without them",
                             "set loop.bias=1, or use labelled data (e.g. data=mnist5k) with "
                             "model.use_labels=true")
-        z = self.diffusion.sample_scaled(n, bias, generator, labels) / self.latent_scale
-        amp = autocast_dtype(device, self.precision)
+        x = self._decode(self.diffusion.sample_scaled(n, bias, generator, labels)
+                         / self.latent_scale)
+        if not bool(torch.isfinite(x).all()):
+            raise LoopError("latent_diffusion produced non-finite samples (a stage diverged)",
+                            f"lower model.lr (now {self.diffusion.lr:g}) and model.ae_lr (now "
+                            f"{self.ae_lr:g})")
+        return x
+
+    @torch.no_grad()
+    def regenerate(self, x: torch.Tensor, strength: float,
+                   generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """The diffusion regeneration attack (Zhao et al. 2023) with this model: encode x
+        (N, C, H, W) in [0, 1] to its posterior-mean latent, scale it, noise it to the fraction
+        ``strength`` ∈ (0, 1] of the diffusion's steps and denoise it back by DDIM without labels
+        (:meth:`DDPMModel.regenerate_scaled`), then decode to the decoder mean. Returns
+        (N, C, H, W) float32 in [0, 1]."""
+        require_fitted(self, self.ae)
+        if tuple(x.shape[1:]) != tuple(self.shape):
+            raise LoopError(f"latent_diffusion regenerate got images {tuple(x.shape[1:])}, "
+                            f"fitted on {tuple(self.shape)}", "regenerate images of the fitted size")
+        if not 0 < float(strength) <= 1:
+            raise LoopError(f"latent_diffusion regeneration strength {strength} is outside "
+                            "(0, 1]", "give fractions of the diffusion's steps, e.g. 0.1, 0.2, 0.4")
+        device = next(self.ae.parameters()).device
+        z = self._encode_means(x.to(device).float()) * self.latent_scale
+        return self._decode(self.diffusion.regenerate_scaled(z, float(strength), generator)
+                            / self.latent_scale)
+
+    def _decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Decoder means (n, C, H, W) float32 of unscaled latents z (n, c, h, w), in chunks of
+        ``sample_batch_size``."""
+        device, amp = z.device, autocast_dtype(z.device, self.precision)
 
         def decode(zc: torch.Tensor) -> torch.Tensor:
             with autocast(device, amp):
                 out = self.ae.decode(zc)
             return decoder_mean(out, self.ae_likelihood).contiguous()
 
-        x = map_chunks(decode, z, self.sample_batch_size)
-        if not bool(torch.isfinite(x).all()):
-            raise LoopError("latent_diffusion produced non-finite samples (a stage diverged)",
-                            f"lower model.lr (now {self.diffusion.lr:g}) and model.ae_lr (now "
-                            f"{self.ae_lr:g})")
-        return x
+        return map_chunks(decode, z, self.sample_batch_size)
 
     # -- state ---------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, torch.Tensor]:

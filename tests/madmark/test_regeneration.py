@@ -98,3 +98,24 @@ def test_eval_watermark_appends_the_regeneration_rows(cli, tmp_path):
     code, _, err = cli("eval-watermark", "data=mnist5k", "regeneration.attacks=[regen_gan]",
                        f"out_dir={tmp_path / 'outputs2'}")
     assert code == 2 and "unknown regeneration attack 'regen_gan'" in err
+
+
+@pytest.mark.parametrize("conditional", [True, False])
+def test_latent_diffusion_regenerate_noises_then_denoises(conditional):
+    from tests.loops.models.test_latent_diffusion import blobs, fitted, labels_of
+
+    m, _ = fitted(labels=labels_of() if conditional else None)
+    assert m.conditional == conditional
+    x = blobs()[:6]
+    g = lambda: torch.Generator().manual_seed(3)                         # noqa: E731
+    light, heavy = m.regenerate(x, 0.02, g()), m.regenerate(x, 1.0, g())
+    assert light.shape == heavy.shape == x.shape
+    assert 0 <= float(light.min()) and float(heavy.max()) <= 1
+    torch.testing.assert_close(m.regenerate(x, 0.02, g()), light)      # one generator, one output
+    # a light touch stays near the autoencoder's reconstruction; the full chain forgets x
+    recon = m.regenerate(x, 1e-9, g())
+    assert (light - recon).pow(2).mean() < (heavy - recon).pow(2).mean()
+    with pytest.raises(MadmarkError, match=r"outside \(0, 1\]"):
+        m.regenerate(x, 0.0)
+    with pytest.raises(MadmarkError, match="fitted on"):
+        m.regenerate(torch.rand(2, *x.shape[1:-1], x.shape[-1] + 4), 0.5)
