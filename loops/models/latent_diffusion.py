@@ -3,7 +3,7 @@ latent, trained on the pool, then a DDPM (DDIM sampling) on its standardised lat
 conditional with classifier-free guidance when the pool has labels. Both stages are trained from
 scratch every generation.
 
-    m = LatentDiffusionModel(latent_channels=2, ae_levels=2, ae_epochs=6, train_steps=1100)
+    m = LatentDiffusionModel(latent_channels=2, ae_levels=2, ae_steps=375, train_steps=1100)
     m.fit(x, generator, labels=y)      # x (N, C, H, W) in [0, 1]; y int64 (N,) or None
     s = m.sample(n, bias=0.7, generator=g, labels=ys)       # (n, C, H, W) in [0, 1]
 
@@ -124,7 +124,8 @@ class LatentDiffusionModel(GenerativeModel):
         ae_blocks: 3×3 residual blocks per level in encoder and decoder.
         ae_likelihood: ``bernoulli`` or ``gaussian`` (learned scale), p(x | z) per pixel.
         kl_weight: weight of KL(q(z | x) ‖ N(0, I)) (summed over the latent) in the loss.
-        ae_epochs: passes over the pool; steps = ⌈ae_epochs · N / ae_batch_size⌉.
+        ae_steps: optimiser steps of the autoencoder per fit (a fixed count like the DDPM's
+            ``train_steps``, so a small pool is not fitted in a few dozen steps).
         ae_batch_size, ae_lr: global batch and AdamW learning rate (cosine decay to 0).
         timesteps, beta_schedule, beta_start, beta_end, base_channels, channel_mult,
             num_res_blocks, attn_resolution, dropout, groups, train_steps, epochs, batch_size,
@@ -153,7 +154,7 @@ class LatentDiffusionModel(GenerativeModel):
 
     def __init__(self, latent_channels: int = 2, ae_width: int = 16, ae_levels: int = 2,
                  ae_blocks: int = 0, ae_likelihood: str = "bernoulli", kl_weight: float = 1e-2,
-                 ae_epochs: float = 6, ae_batch_size: int = 64, ae_lr: float = 2e-3,
+                 ae_steps: int = 375, ae_batch_size: int = 64, ae_lr: float = 2e-3,
                  timesteps: int = 500, beta_schedule: str = "linear", beta_start: float = 1e-4,
                  beta_end: float = 0.02, base_channels: int = 16,
                  channel_mult: Sequence[int] = (1, 2), num_res_blocks: int = 1,
@@ -171,7 +172,7 @@ class LatentDiffusionModel(GenerativeModel):
                         "blocks": check_int(m, "ae_blocks", ae_blocks, low=0)}
         self.ae_likelihood = check_choice(m, "ae_likelihood", ae_likelihood, AE_LIKELIHOODS)
         self.kl_weight = check_float(m, "kl_weight", kl_weight, ge=0)
-        self.ae_epochs = check_float(m, "ae_epochs", ae_epochs, gt=0)
+        self.ae_steps = check_int(m, "ae_steps", ae_steps)
         self.ae_batch_size = check_int(m, "ae_batch_size", ae_batch_size)
         self.ae_lr = check_float(m, "ae_lr", ae_lr, gt=0)
         self.sample_batch_size = check_int(m, "sample_batch_size", sample_batch_size)
@@ -240,7 +241,7 @@ class LatentDiffusionModel(GenerativeModel):
                                 f"raise model.{key} (it is the global batch)")
         self.shape = tuple(int(s) for s in x.shape[1:])
         device, n = x.device, x.shape[0]
-        ae_steps = max(1, math.ceil(self.ae_epochs * n / self.ae_batch_size))
+        ae_steps = self.ae_steps
         d = self.diffusion
         dm_steps = math.ceil(float(d.epochs) * n / d.batch_size) if d.epochs else d.train_steps
         total = ae_steps + dm_steps

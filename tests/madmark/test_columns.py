@@ -68,7 +68,7 @@ CONFIGS = {
     "vae": [*(o for o in TINY if not o.startswith("model.")), "loop.generations=1", "model=vae_tiny", "model.epochs=1",
             "model.prior_steps=20"],
     "latent_diffusion": [*(o for o in TINY if not o.startswith("model.")), "loop.generations=1",
-                         "model=latent_diffusion_tiny", "model.ae_epochs=1",
+                         "model=latent_diffusion_tiny", "model.ae_steps=5",
                          "model.train_steps=5"],
 }
 

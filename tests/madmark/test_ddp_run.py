@@ -142,7 +142,7 @@ def test_torchrun_vae_run_trains_with_ddp_and_matches_one_process(tmp_path, cli)
 #: 8 / 8 in both stages; conditional: mnist5k has labels, guided at λ = 0.8)
 LATENT_DIFFUSION = ["data=mnist5k", "model=latent_diffusion_tiny", "loop.generations=2",
                     "loop.n_real=128", "loop.n_synthetic=128", "loop.bias=0.8",
-                    "model.ae_epochs=1", "model.ae_batch_size=16", "model.train_steps=6",
+                    "model.ae_steps=8", "model.ae_batch_size=16", "model.train_steps=6",
                     "model.batch_size=16", "model.warmup_steps=2", "model.sample_steps=2",
                     "eval.n_real=128", "eval.features.name=lenet", "eval.features.epochs=1",
                     "eval.kid_subset_size=64", "samples_grid=0", "progress=false"]

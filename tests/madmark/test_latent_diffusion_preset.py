@@ -10,7 +10,7 @@ from tests.madmark.test_vae_preset import lenet
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-TINY = ["model=latent_diffusion_tiny", "model.ae_epochs=1", "model.train_steps=20",
+TINY = ["model=latent_diffusion_tiny", "model.ae_steps=10", "model.train_steps=20",
         "progress=false", "samples_grid=16"]
 
 
@@ -23,7 +23,7 @@ def test_latent_diffusion_tiny_smoke_run(cli, tmp_path):
     assert [r["generation"] for r in rows] == ["1", "2"]
     assert [r["real_fraction"] for r in rows] == ["1.0", "0.0"]      # fully synthetic
     for r in rows:
-        assert r["fit_ae_steps"] == "10.0" and r["fit_diffusion_steps"] == "20.0"   # 600 / 64
+        assert r["fit_ae_steps"] == "10.0" and r["fit_diffusion_steps"] == "20.0"
         assert r["fit_num_classes"] == "10.0" and float(r["fid"]) > 0     # mnist5k's labels
         assert float(r["fit_loss"]) < float(r["fit_loss_initial"])
     assert (run / "samples" / "g0002.png").is_file()

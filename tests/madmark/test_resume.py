@@ -111,7 +111,7 @@ def test_sigkill_at_a_point_then_resume_equals_uninterrupted(cli, uninterrupted,
 #: two generations of each on sklearn's 8x8 digits (labelled: latent_diffusion is conditional
 #: and samples with guidance at λ = 0.8; the VAE is unconditional and λ is its temperature)
 DEEP = {"vae_tiny": ["model.epochs=1", "model.prior_steps=10"],
-        "latent_diffusion_tiny": ["model.ae_epochs=1", "model.train_steps=10"]}
+        "latent_diffusion_tiny": ["model.ae_steps=5", "model.train_steps=10"]}
 
 
 @pytest.mark.slow                  # ~25-60 s each (3 processes, 5 fits) on 2 shared CPU cores

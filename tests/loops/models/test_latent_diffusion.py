@@ -20,7 +20,7 @@ from tests.loops.models.test_vae import blobs
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 #: two tiny stages: a fit of 64 8×8 images takes a fraction of a second
-SMALL = dict(latent_channels=2, ae_width=4, ae_levels=2, ae_epochs=2, ae_batch_size=16,
+SMALL = dict(latent_channels=2, ae_width=4, ae_levels=2, ae_steps=8, ae_batch_size=16,
              timesteps=100, beta_start=5e-4, beta_end=0.1, base_channels=8, channel_mult=(1, 2),
              groups=4, train_steps=8, batch_size=16, warmup_steps=2, ema_decay=0.9,
              sample_steps=3, sample_batch_size=7)
@@ -90,7 +90,7 @@ def test_the_ddpm_is_trained_on_latent_means_scaled_to_unit_variance(monkeypatch
     assert float(seen["x0"].std(correction=0)) == pytest.approx(1.0, abs=1e-5)
     assert stats["latent_scale"] == pytest.approx(1 / float(mu.std(correction=0)), rel=1e-5)
     assert m.diffusion.shape == (2, 2, 2) and not m.diffusion.clip_denoised
-    assert stats["ae_steps"] == 8.0 and stats["diffusion_steps"] == 8.0     # 2 · 64 / 16
+    assert stats["ae_steps"] == 8.0 and stats["diffusion_steps"] == 8.0
 
 
 def test_samples_are_the_decoder_mean_of_the_ddpm_latents_over_the_scale(unconditional,
@@ -170,7 +170,7 @@ def test_unfitted_model_says_so():
 # -- bad settings and divergence ----------------------------------------------------------------
 @pytest.mark.parametrize("key, value", [("latent_channels", 0), ("latent_channels", -2),
                                         ("ae_width", 0), ("ae_levels", 0), ("kl_weight", -1.0),
-                                        ("ae_likelihood", "laplace"), ("ae_epochs", 0),
+                                        ("ae_likelihood", "laplace"), ("ae_steps", 0),
                                         ("timesteps", 0), ("sample_steps", 0)])
 def test_bad_settings_name_their_key(key, value):
     with pytest.raises(LoopError) as e:
