@@ -4,6 +4,7 @@ the integrity check and repair of a run directory before it continues (:func:`pr
 from __future__ import annotations
 
 import csv
+import inspect
 import io
 import os
 import shutil
@@ -34,8 +35,32 @@ def config_changes(recorded: DictConfig, asked: DictConfig) -> list[str]:
 
     asked = OmegaConf.create(OmegaConf.to_yaml(asked, resolve=True))
     old, new = (dict(leaves(OmegaConf.to_container(c))) for c in (recorded, asked))
-    return sorted((k for k in old.keys() | new.keys() if old.get(k) != new.get(k)),
+    tree = OmegaConf.to_container(asked)
+    return sorted((k for k in old.keys() | new.keys() if old.get(k) != new.get(k)
+                   and not (k not in old and _is_constructor_default(tree, k, new[k]))),
                   key=lambda k: (k.count("."), k))
+
+
+def _is_constructor_default(tree: dict, key: str, value: Any) -> bool:
+    """Whether dotted ``key`` is an argument of its node's ``_target_`` whose constructor default
+    equals ``value``: a run recorded before that key was spelled out in the config (the schemas
+    now list every constructor argument) ran with exactly that default."""
+    *path, name = key.split(".")
+    node: Any = tree
+    for part in path:
+        node = node.get(part) if isinstance(node, dict) else None
+    target = node.get("_target_") if isinstance(node, dict) else None
+    if not isinstance(target, str):
+        return False
+    try:
+        from hydra.utils import get_object
+        parameter = inspect.signature(get_object(target)).parameters.get(name)
+    except (ImportError, AttributeError, ValueError, TypeError):
+        return False
+    if parameter is None or parameter.default is inspect.Parameter.empty:
+        return False
+    default = parameter.default
+    return (list(default) if isinstance(default, tuple) else default) == value
 
 
 def backend(cfg: DictConfig) -> Optional[str]:
