@@ -54,7 +54,8 @@ from .ddpm import DDPMModel
 from .training import (PRECISIONS, ShuffledIndices, autocast, autocast_dtype, begin_sampling,
                        check_choice, check_float, check_int, freeze, load_module, map_chunks,
                        module_state, require_fitted, seeded, wrap_ddp)
-from .vae import Residual, decoder_mean, gaussian_kl, padding, reconstruction_nll
+from .vae import (PaddedAutoencoder, decoder_mean, decoder_stages, encoder_stages, gaussian_kl,
+                  padding, reconstruction_nll)
 
 #: Values of ``ae_likelihood`` (see :func:`.vae.reconstruction_nll`).
 AE_LIKELIHOODS = ("bernoulli", "gaussian")
@@ -62,7 +63,7 @@ _AE_ARCH = ("latent_channels", "width", "levels", "blocks")
 _CHECK_EVERY = 100       # autoencoder steps between checks that the loss is finite
 
 
-class LatentAutoencoder(nn.Module):
+class LatentAutoencoder(PaddedAutoencoder):
     """Encoder and decoder between images of ``shape`` (C, H, W) and a spatial latent
     (latent_channels, ⌈H/2^levels⌉, ⌈W/2^levels⌉); see the module docstring.
 
@@ -80,38 +81,18 @@ class LatentAutoencoder(nn.Module):
         self.latent_shape = (latent_channels, (h + sum(self.pad_h)) // m,
                              (w + sum(self.pad_w)) // m)
         chans = [width * 2 ** i for i in range(levels)]
-        enc: list[nn.Module] = []
-        cin = c
-        for ch in chans:
-            enc += [nn.Conv2d(cin, ch, 4, 2, 1), *[Residual(ch) for _ in range(blocks)],
-                    nn.SiLU()]
-            cin = ch
-        self.encoder = nn.Sequential(*enc, nn.Conv2d(cin, 2 * latent_channels, 3, 1, 1))
-        dec: list[nn.Module] = [nn.Conv2d(latent_channels, chans[-1], 3, 1, 1)]
-        for i in reversed(range(levels)):
-            dec += [*[Residual(chans[i]) for _ in range(blocks)], nn.SiLU(),
-                    nn.ConvTranspose2d(chans[i], chans[i - 1] if i else c, 4, 2, 1)]
-        self.decoder = nn.Sequential(*dec)
+        self.encoder = nn.Sequential(*encoder_stages(c, chans, blocks),
+                                     nn.Conv2d(chans[-1], 2 * latent_channels, 3, 1, 1))
+        self.decoder = nn.Sequential(nn.Conv2d(latent_channels, chans[-1], 3, 1, 1),
+                                     *decoder_stages(chans, c, blocks))
         # log s of the Gaussian likelihood, s = e^{log_scale}; starts at s = 0.1 of the pixel range
         self.log_scale = nn.Parameter(torch.tensor(math.log(0.1))) if learn_scale else None
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        (top, bottom), (left, right) = self.pad_h, self.pad_w
-        x = nn.functional.pad(x, (left, right, top, bottom))
-        x = x.contiguous(memory_format=torch.channels_last)
-        return self.encoder(x).chunk(2, dim=1)
+        return self.encoder(self.pad(x)).chunk(2, dim=1)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        out = self.decoder(z.contiguous(memory_format=torch.channels_last))
-        (top, _), (left, _) = self.pad_h, self.pad_w
-        _, h, w = self.shape
-        return out[:, :, top:top + h, left:left + w]
-
-    def forward(self, x: torch.Tensor,
-                eps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        mu, logvar = self.encode(x)
-        z = mu + torch.exp(0.5 * logvar) * eps.to(mu.dtype)
-        return self.decode(z), mu, logvar
+        return self.crop(self.decoder(z.contiguous(memory_format=torch.channels_last)))
 
 
 class LatentDiffusionModel(GenerativeModel):

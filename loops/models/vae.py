@@ -154,7 +154,53 @@ class Residual(nn.Module):
         return x + self.body(x)
 
 
-class ConvVAE(nn.Module):
+def encoder_stages(channels: int, widths: list[int], blocks: int) -> list[nn.Module]:
+    """Per width: a 4×4 stride-2 conv (halves the side), ``blocks`` residual blocks, SiLU."""
+    out: list[nn.Module] = []
+    for ch in widths:
+        out += [nn.Conv2d(channels, ch, 4, 2, 1), *[Residual(ch) for _ in range(blocks)],
+                nn.SiLU()]
+        channels = ch
+    return out
+
+
+def decoder_stages(widths: list[int], channels: int, blocks: int) -> list[nn.Module]:
+    """The mirror of :func:`encoder_stages`: per level from the top, ``blocks`` residual blocks,
+    SiLU and a 4×4 stride-2 transposed conv (doubles the side), ending in ``channels``."""
+    out: list[nn.Module] = []
+    for i in reversed(range(len(widths))):
+        out += [*[Residual(widths[i]) for _ in range(blocks)], nn.SiLU(),
+                nn.ConvTranspose2d(widths[i], widths[i - 1] if i else channels, 4, 2, 1)]
+    return out
+
+
+class PaddedAutoencoder(nn.Module):
+    """What the VAE and the latent-diffusion autoencoder share: images of ``shape`` (C, H, W)
+    zero-padded to multiples of 2^levels on the way in (``pad``) and cropped back on the way out
+    (``crop``), and ``forward(x, eps) -> (logits, μ, logvar)`` with z = μ + e^{½ logvar} · eps.
+    Subclasses set ``shape``, ``pad_h``, ``pad_w`` and define ``encode`` and ``decode``."""
+
+    shape: tuple[int, int, int]
+    pad_h: tuple[int, int]
+    pad_w: tuple[int, int]
+
+    def pad(self, x: torch.Tensor) -> torch.Tensor:
+        (top, bottom), (left, right) = self.pad_h, self.pad_w
+        return F.pad(x, (left, right, top, bottom)).contiguous(memory_format=torch.channels_last)
+
+    def crop(self, out: torch.Tensor) -> torch.Tensor:
+        (top, _), (left, _) = self.pad_h, self.pad_w
+        _, h, w = self.shape
+        return out[:, :, top:top + h, left:left + w]
+
+    def forward(self, x: torch.Tensor,
+                eps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        mu, logvar = self.encode(x)
+        z = mu + torch.exp(0.5 * logvar) * eps.to(mu.dtype)
+        return self.decode(z), mu, logvar
+
+
+class ConvVAE(PaddedAutoencoder):
     """Encoder and decoder for images of ``shape`` (C, H, W); see the module docstring.
 
     ``encode(x) -> (μ, logvar)`` (B, d) each; ``decode(z) -> logits`` (B, C, H, W);
@@ -169,43 +215,21 @@ class ConvVAE(nn.Module):
         self.pad_h, self.pad_w = padding(h, m), padding(w, m)
         hp, wp = h + sum(self.pad_h), w + sum(self.pad_w)
         chans = [width * 2 ** i for i in range(levels)]
-        enc: list[nn.Module] = []
-        cin = c
-        for ch in chans:
-            enc += [nn.Conv2d(cin, ch, 4, 2, 1), *[Residual(ch) for _ in range(blocks)],
-                    nn.SiLU()]
-            cin = ch
-        self.encoder = nn.Sequential(*enc, nn.Flatten())
+        self.encoder = nn.Sequential(*encoder_stages(c, chans, blocks), nn.Flatten())
         self.top = (chans[-1], hp // m, wp // m)
         feat = math.prod(self.top)
         self.to_posterior = nn.Linear(feat, 2 * latent_dim)
         self.from_latent = nn.Linear(latent_dim, feat)
-        dec: list[nn.Module] = []
-        for i in reversed(range(levels)):
-            dec += [*[Residual(chans[i]) for _ in range(blocks)], nn.SiLU(),
-                    nn.ConvTranspose2d(chans[i], chans[i - 1] if i else c, 4, 2, 1)]
-        self.decoder = nn.Sequential(*dec)
+        self.decoder = nn.Sequential(*decoder_stages(chans, c, blocks))
         # log s of the Gaussian likelihood, s = e^{log_scale}; starts at s = 0.1 of the pixel range
         self.log_scale = nn.Parameter(torch.tensor(math.log(0.1))) if learn_scale else None
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        (top, bottom), (left, right) = self.pad_h, self.pad_w
-        x = F.pad(x, (left, right, top, bottom)).contiguous(memory_format=torch.channels_last)
-        stats = self.to_posterior(self.encoder(x))
-        return stats.chunk(2, dim=1)
+        return self.to_posterior(self.encoder(self.pad(x))).chunk(2, dim=1)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         h = self.from_latent(z).view(-1, *self.top).contiguous(memory_format=torch.channels_last)
-        out = self.decoder(h)
-        (top, _), (left, _) = self.pad_h, self.pad_w
-        _, h, w = self.shape
-        return out[:, :, top:top + h, left:left + w]
-
-    def forward(self, x: torch.Tensor,
-                eps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        mu, logvar = self.encode(x)
-        z = mu + torch.exp(0.5 * logvar) * eps.to(mu.dtype)
-        return self.decode(z), mu, logvar
+        return self.crop(self.decoder(h))
 
 
 # -- the model ----------------------------------------------------------------------------------
