@@ -2,6 +2,9 @@
 its groups start from, registered in Hydra's ConfigStore when this package is imported (Hydra
 imports it to read the tree).
 
+- ``run_schema`` is :class:`madmark.config_schema.RunSchema`, the top level of ``madmark run``'s
+  config (``configs/config.yaml`` starts from it): the loop and eval groups and the run settings
+  typed, the component groups open (each typed by its own option's schema below).
 - ``trainer/schema`` is :class:`watermark.train.TrainerConfig` with its ``_target_``: every trainer
   setting is typed, its one default lives in that dataclass, and
   ``hydra.utils.instantiate(cfg.trainer)`` builds it.
@@ -22,6 +25,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
 from madcore.structured import signature_schema
+from madmark.config_schema import RunSchema
 from watermark.train import TrainerConfig
 
 #: config groups whose options are components built from ``_target_``
@@ -47,6 +51,7 @@ def component_targets(group: str) -> dict[str, str]:
 
 def register() -> None:
     store = ConfigStore.instance()
+    store.store(name="run_schema", node=RunSchema)
     store.store(group="trainer", name="schema", node=TrainerSchema)
     for group in COMPONENT_GROUPS:
         for option, target in component_targets(group).items():

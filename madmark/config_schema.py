@@ -5,9 +5,12 @@ fails deep inside with a traceback. :func:`check_config` compares the composed c
 
 - the dataclasses below, for the top-level run settings (:class:`RunSchema`), the loop group
   (:class:`LoopSchema`) and the evaluation (:class:`EvalSchema`): ``int`` stays an integer,
-  ``float`` a number, ``bool`` true or false, ``Optional[...]`` may be null. They are written the
-  way Hydra's ConfigStore takes schemas (every field ``MISSING``: the values stay in configs/),
-  so a later schema for every component can register them as they are;
+  ``float`` a number, ``bool`` true or false, ``Optional[...]`` may be null. Every field is
+  ``MISSING`` (the values stay in configs/); :class:`RunSchema` is registered in Hydra's
+  ConfigStore as ``run_schema`` (configs/__init__.py) and ``configs/config.yaml`` starts from it,
+  so composition already refuses a mistyped value; the check here repeats it for a recorded
+  config a resumed run reopens, and its messages are the ones the command line shows
+  (madmark.hydra_app.check_schema_types);
 - for every other group (data, model, watermark, filter, logger) the types its config files
   imply (:func:`implied_types`): a key whose value in the files is a number must stay a number, a
   bool a bool (the files composed with the command line's group choices, without its key=value
@@ -73,9 +76,23 @@ class EvalSchema:
     kid_subset_size: int = setting(1000)
 
 
+def component() -> Any:
+    """A component group's node (data, model, watermark, ...): open here, typed by the option's own
+    schema (``<group>/<option>_schema``, configs/__init__.py) or the implied types."""
+    return field(default=MISSING, metadata={"component": True})
+
+
 @dataclass
 class RunSchema:
-    """The top level of ``configs/config.yaml`` and the groups declared so far."""
+    """The top level of ``configs/config.yaml``, in its order: the component groups (open), the
+    loop and eval groups and the run settings (typed)."""
+    data: Any = component()
+    model: Any = component()
+    loop: LoopSchema = field(default_factory=LoopSchema)
+    eval: EvalSchema = field(default_factory=EvalSchema)
+    watermark: Any = component()
+    filter: Any = component()
+    logger: Any = component()
     data_name: str = setting("mnist5k")
     name: str = setting("default")
     seed: int = setting(0)
@@ -87,22 +104,23 @@ class RunSchema:
     debug: bool = setting(False)
     progress: bool = setting(True)
     samples_grid: int = setting(64)
-    loop: LoopSchema = field(default_factory=LoopSchema)
-    eval: EvalSchema = field(default_factory=EvalSchema)
 
 
 _ABSENT = object()
 
 
 def declared(schema: type = RunSchema, prefix: str = "") -> Iterator[tuple[str, Any, Any]]:
-    """(dotted key, type, example) of every leaf setting a schema dataclass declares."""
+    """(dotted key, type, example) of every leaf setting a schema dataclass declares: its own
+    first, then those of its nested groups (so ``seed`` is named before ``eval.features.seed``,
+    which interpolates it)."""
     hints = typing.get_type_hints(schema)
-    for f in fields(schema):
-        tp = hints[f.name]
-        if is_dataclass(tp):
-            yield from declared(tp, f"{prefix}{f.name}.")
-        else:
-            yield f"{prefix}{f.name}", tp, f.metadata.get("example")
+    typed = [f for f in fields(schema) if not f.metadata.get("component")]
+    for f in typed:
+        if not is_dataclass(hints[f.name]):
+            yield f"{prefix}{f.name}", hints[f.name], f.metadata.get("example")
+    for f in typed:
+        if is_dataclass(hints[f.name]):
+            yield from declared(hints[f.name], f"{prefix}{f.name}.")
 
 
 def _optional(tp: Any) -> tuple[Any, bool]:

@@ -43,6 +43,41 @@ def group_choices(group: str) -> list[str]:
     return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
 
 
+def is_choice(option: str) -> bool:
+    """Whether a group's option is one to choose, not one that other configs start from (the
+    ConfigStore schemas ``<option>_schema`` and ``trainer/schema``, ``watermark/base``)."""
+    return not (option.endswith("_schema") or option in ("schema", "base"))
+
+
+def listed_groups() -> str:
+    """``group: option, option, ...`` per line for ``--help`` (the ``${madmark_groups:}`` resolver
+    in configs/config.yaml's help template): Hydra's $APP_CONFIG_GROUPS without the options that
+    are not choices (:func:`is_choice`) and without groups left with none."""
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.object_type import ObjectType
+
+    loader = GlobalHydra.instance().config_loader()
+
+    def groups(parent: str) -> Iterator[str]:
+        for name in loader.list_groups(parent):
+            group = f"{parent}/{name}" if parent else name
+            if group == "hydra":
+                continue
+            if loader.get_group_options(group, ObjectType.CONFIG):
+                yield group
+            yield from groups(group)
+
+    lines = []
+    for group in sorted(groups("")):
+        options = [o for o in sorted(loader.get_group_options(group)) if is_choice(o)]
+        if options:
+            lines.append(f"{group}: {', '.join(options)}")
+    return "\n".join(lines)
+
+
+OmegaConf.register_new_resolver("madmark_groups", listed_groups, replace=True)
+
+
 def compose_option(group: str, option: str, config_name: str = "config") -> DictConfig:
     """``configs/<group>/<option>.yaml`` as ``<config_name> <group>=<option>`` composes it (its
     defaults list followed), the group's node alone; inside a running Hydra app through that
@@ -69,8 +104,9 @@ def check_group_overrides(overrides: list[str]) -> None:
             continue
         for option in value.split(","):
             if option not in choices and option != "null":
+                shown = ", ".join(c for c in choices if is_choice(c))
                 raise MadmarkError(f"unknown {key} '{option}'",
-                                   f"choose {key}= one of {', '.join(choices)}")
+                                   f"choose {key}= one of {shown}")
 
 
 def is_group_override(override: str) -> bool:
@@ -94,6 +130,37 @@ _KINDS = {"converted to Integer": "an integer", "converted to Float": "a number"
           "valid bool": "true or false", "converted to Boolean": "true or false"}
 
 
+def check_declared_overrides(overrides: list[str]) -> None:
+    """Raise the run schema's own message (madmark.config_schema.mismatch, with its example) for a
+    ``key=value`` of a declared ``madmark run`` setting whose value is not of its type, before
+    OmegaConf would convert it (it reads ``auto_resume=1`` as true); each value of a choice or
+    range sweep is checked. Interval and glob sweeps, deletions and interpolations are left to
+    composition."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from madmark.config_schema import declared, fits, mismatch
+
+    types = {key: (tp, example) for key, tp, example in declared()}
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except Exception:                          # bad override syntax: Hydra reports it
+        return
+    for override in parsed:
+        key = override.key_or_group
+        if key not in types or override.is_delete():
+            continue
+        try:
+            values = list(override.sweep_iterator()) if override.is_sweep_override() \
+                else [override.value()]
+        except Exception:                      # an interval or glob sweep: left to each job
+            continue
+        for value in values:
+            if isinstance(value, str) and "${" in value:
+                continue
+            if not fits(value, types[key][0]):
+                raise mismatch(key, value, *types[key])
+
+
 def check_schema_types(config_name: str, overrides: list[str]) -> None:
     """Compose the config once, as Hydra will, and turn a ConfigStore schema's refusal of a value
     (``trainer.steps=abc`` against :class:`watermark.train.TrainerConfig`) into a MadmarkError
@@ -102,6 +169,9 @@ def check_schema_types(config_name: str, overrides: list[str]) -> None:
     from hydra import compose, initialize_config_dir
     from hydra.errors import ConfigCompositionException
     from omegaconf.errors import ValidationError
+
+    if config_name == "config":
+        check_declared_overrides(overrides)
 
     def composed(args: list[str]) -> DictConfig:
         with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):

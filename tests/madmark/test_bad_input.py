@@ -77,12 +77,19 @@ def test_valid_numbers_in_other_forms_still_run(cli, tmp_path):
 
 
 def test_a_bad_value_in_a_sweep_removes_its_job_and_keeps_the_finished_one(cli, tmp_path):
-    code, _, err = cli("run", "-m", *FAST, "name=sweep", "seed=0,abc")
-    assert code == 2 and one_line(err) == ("madmark: error: seed='abc' is not an integer — "
-                                           "set seed=0")
+    code, _, err = cli("run", "-m", *FAST, "name=sweep", "filter.min_pool=64,abc")
+    assert code == 2 and one_line(err) == ("madmark: error: filter.min_pool='abc' is not a "
+                                           "number — set filter.min_pool=64")
     (sweep,) = (tmp_path / "outputs" / "sweep").iterdir()
     assert sorted(p.name for p in sweep.iterdir()) == ["0", "multirun.yaml"]
     assert json.loads((sweep / "0" / "status.json").read_text())["state"] == "complete"
+
+
+def test_a_swept_run_setting_of_the_wrong_type_is_refused_before_any_job(cli, tmp_path):
+    code, _, err = cli("run", "-m", *FAST, "name=sweep", "seed=0,abc")
+    assert code == 2 and one_line(err) == ("madmark: error: seed='abc' is not an integer — "
+                                           "set seed=0")
+    assert not (tmp_path / "outputs").exists()
 
 
 def test_a_sweep_whose_jobs_all_fail_early_leaves_nothing(cli, tmp_path):

@@ -20,6 +20,20 @@ def test_run_help_shows_config(cli):
         assert key in out
 
 
+def test_run_help_lists_choices_not_schemas(cli):
+    """The groups list every yaml a user can choose and none of the ConfigStore schemas or bases
+    that those yamls start from."""
+    from madmark.hydra_app import group_choices
+
+    code, out, _ = cli("run", "--help")
+    groups = dict(line.split(": ", 1) for line in out.split("== Config ==")[0].splitlines()
+                  if ": " in line and not line.startswith(" "))
+    assert code == 0 and "_schema" not in out.split("== Config ==")[0]
+    for group in ("data", "model", "watermark", "loop"):
+        shown = groups[group].split(", ")
+        assert shown == [c for c in group_choices(group) if c != "base"], group
+
+
 def test_run_writes_a_complete_run_directory(cli, tmp_path):
     code, out, err = cli("run", *FAST, "name=smoke")
     assert code == 0, err

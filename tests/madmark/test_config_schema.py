@@ -4,12 +4,14 @@ import pickle
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
 from madcore.errors import MadmarkError
 from madmark.commands.run import error_line
-from madmark.config_schema import RunSchema, check_config, declared, implied_types
-from madmark.hydra_app import config_dir, group_choices
+from madmark.config_schema import LoopSchema, RunSchema, check_config, declared, implied_types
+from madmark.hydra_app import check_declared_overrides, config_dir, group_choices
 
 PRESETS = group_choices("experiment")
 ARMS = group_choices("arm")
@@ -64,10 +66,45 @@ def test_the_schema_is_a_structured_config():
     ("filter.alpha=abc", "filter.alpha='abc' is not a number — set filter.alpha=0.01"),
 ])
 def test_a_wrong_type_is_named_with_its_fix(override, message):
-    cfg, base = composed(override)
+    """In a recorded config (a resumed run reopens .hydra/config.yaml: plain, untyped) and on the
+    command line (before composition, which the registered run schema would refuse in its own
+    words), with the same message."""
+    key, _, _ = override.partition("=")
+    cfg, base = composed()
+    plain = OmegaConf.create(OmegaConf.to_container(cfg))
+    OmegaConf.update(plain, key, OverridesParser.create().parse_override(override).value())
     with pytest.raises(MadmarkError) as caught:
-        check_config(cfg, implied_types(base))
+        check_config(plain, implied_types(base))
     assert str(caught.value) == message
+    if key in {k for k, _, _ in declared()}:
+        with pytest.raises(MadmarkError) as caught:
+            check_declared_overrides([override])
+        assert str(caught.value) == message
+
+
+@pytest.mark.parametrize("override", ["loop.bias=abc", "seed=1.5", "eval.k=x", "progress=maybe",
+                                      "loop.family=[1,2]"])
+def test_composition_refuses_what_the_run_schema_refuses(override):
+    with pytest.raises(ConfigCompositionException):
+        composed(override)
+
+
+def test_the_composed_config_is_typed_by_the_run_schema():
+    cfg, _ = composed("experiment=autophagy_robustness")
+    assert OmegaConf.get_type(cfg) is RunSchema and OmegaConf.get_type(cfg.loop) is LoopSchema
+    assert [k for k in cfg if k != "hydra"][:7] == ["data", "model", "loop", "eval", "watermark", "filter",
+                                    "logger"]            # config.yaml's order, as recorded
+
+
+@pytest.mark.parametrize("overrides", [["seed=0,1,2"], ["loop.bias=0.5,1"], ["~seed"],
+                                       ["seed=${nowhere}"], ["name=7"], ["resume_from=null"]])
+def test_the_command_line_check_leaves_sweeps_and_interpolations(overrides):
+    check_declared_overrides(overrides)
+
+
+def test_a_swept_value_of_the_wrong_type_is_named():
+    with pytest.raises(MadmarkError, match="seed='abc' is not an integer"):
+        check_declared_overrides(["seed=0,abc"])
 
 
 @pytest.mark.parametrize("override", ["loop.bias=1", "seed='7'", "loop.n_real=null",
