@@ -18,6 +18,7 @@ from typing import Iterable
 
 import eval.artifacts
 import eval.growth
+import eval.idempotence
 import loops.engine
 import loops.pool
 import loops.stages
@@ -51,6 +52,7 @@ PRODUCERS: tuple[Producer, ...] = (
     Producer("madmark.watermarking.RunWatermark.settings", _WATERMARK,
              madmark.watermarking.SETTINGS_COLUMNS),
     Producer("eval.artifacts.ArtifactMeter", _WATERMARK, eval.artifacts.COLUMNS),
+    Producer("eval.idempotence.idempotence", _WATERMARK, eval.idempotence.COLUMNS),
     Producer("loops.stages.WatermarkStage",
              "runs with a watermark that marks (`watermark=<method>`, but not `arm=control`)",
              loops.stages.WATERMARK_COLUMNS),

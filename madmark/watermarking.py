@@ -29,6 +29,7 @@ import torch
 from omegaconf import DictConfig
 
 from eval.artifacts import ArtifactMeter, WatermarkProbe
+from eval.idempotence import idempotence
 from madcore.columns import Column
 from madcore.errors import MadmarkError
 from madmark.methods import build_method, secret_key
@@ -167,7 +168,10 @@ class RunWatermark:
     def artifact_evaluator(self, probe_images: torch.Tensor, reference: torch.Tensor):
         """``evaluate(t, samples, model) -> dict``: inheritance and artifact energy of the unmarked
         S_t (eval.artifacts) against the key of the most recent marked data, generation t − 1
-        (the run key in run mode). One probe and meter per key, built on first use.
+        (the run key in run mode), and the idempotence of the run's marking operation with that
+        key (eval.idempotence, on the reference split's first ``n_probe`` images; with
+        ``skip_detected`` the operation leaves flagged images alone). One probe, meter and
+        idempotence per key, computed on first use.
 
         Args:
             probe_images: (n_probe, C, H, W) real images marked once to measure the mean residual
@@ -175,8 +179,10 @@ class RunWatermark:
             reference: (N_ref, C, H, W) the held-out real reference split.
         """
         meters: dict[int, ArtifactMeter] = {}
+        twice: dict[int, dict] = {}
         probe_images = probe_images[: int(self.cfg.n_probe)].to(self.device)
         reference = reference.to(self.device)
+        held_out = reference[: int(self.cfg.n_probe)]
 
         def evaluate(t: int, samples: torch.Tensor, model) -> dict:
             g = max(1, t - 1)
@@ -187,7 +193,8 @@ class RunWatermark:
                                        batch_size=self.batch_size)
                 meters[i] = ArtifactMeter(probe, reference, self.detector(g), alpha=self.alpha,
                                           batch_size=self.batch_size)
-            return meters[i](samples)
+                twice[i] = idempotence(lambda x: self.mark(g, x), held_out, self.batch_size)
+            return {**meters[i](samples), **twice[i]}
 
         return evaluate
 

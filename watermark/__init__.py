@@ -11,7 +11,8 @@ Tensors in, tensors or numbers out; this package imports nothing from madmark, l
     det.calibrate(clean_images)                              # measured FPR and bit bias
     det(x_w).flagged                                         # (N,) bool
 
-Modules: base (interface and checks), keys, imageops (luma, resize), spread_spectrum, baselines
+Modules: base (interface and checks), keys, imageops (luma, resize), spread_spectrum, aware (its
+idempotent variant), baselines
 (invisible-watermark, optional), detector, attacks (registry and ATTACK_GRID), attack_layer
 (training), learned (encoder/decoder), train (training loop with checkpoints), cards (model cards, `load`).
 """
@@ -27,13 +28,15 @@ from .detector import (Calibration, DetectionResult, Detector, binomial_p_value,
                        poisson_binomial_sf)
 from .keys import SecretKey
 from .spread_spectrum import SpreadSpectrum
+from .aware import IdempotentSpreadSpectrum
 from .train import TrainerConfig, train_watermarker
 
 __all__ = [
     "Embedder", "Extractor", "LearnedWatermarker", "load", "load_card", "read_card", "save_card",
     "TrainerConfig", "train_watermarker",
     "ATTACKS", "ATTACK_GRID", "AttackLayer", "BaselineUnavailableError", "Calibration", "DEFAULT_RANGES",
-    "DetectionResult", "Detector", "DwtDct", "DwtDctSvd", "RivaGAN", "SecretKey", "SpreadSpectrum",
+    "DetectionResult", "Detector", "DwtDct", "DwtDctSvd", "IdempotentSpreadSpectrum", "RivaGAN",
+    "SecretKey", "SpreadSpectrum",
     "UnsupportedImageError",
     "Watermarker", "apply_attack", "binomial_p_value", "check_images", "check_message",
     "matched_bits_threshold", "mse", "poisson_binomial_sf", "psnr", "register", "ssim",

@@ -24,6 +24,7 @@ RUNS = {
         lambda cfg: cfg.data._target_ in ("madmark.data.Gaussian", "madmark.data.GMM2D"),
     "madmark.watermarking.RunWatermark.settings": lambda cfg: bool(cfg.watermark.enabled),
     "eval.artifacts.ArtifactMeter": lambda cfg: bool(cfg.watermark.enabled),
+    "eval.idempotence.idempotence": lambda cfg: bool(cfg.watermark.enabled),
     "loops.stages.WatermarkStage":
         lambda cfg: bool(cfg.watermark.enabled) and bool(cfg.watermark.get("mark", True)),
     "eval.growth.add_growth": lambda cfg: bool(cfg.watermark.enabled),
@@ -62,6 +63,7 @@ CONFIGS = {
     "mnist_eval": [*NO_EVAL, "loop.generations=2", "eval.features.name=random_cnn",
                    "eval.fid=false", "eval.kid_subset_size=100"],
     "watermark": [*TINY, "loop.generations=2", "watermark=spread_spectrum"],
+    "watermark_aware": [*TINY, "loop.generations=2", "watermark=spread_spectrum_aware"],
     "watermark_filter_augmentation": [*TINY, "loop.generations=2", "watermark=spread_spectrum",
                                       "filter=detector", "loop=synthetic_augmentation"],
     "control": [*TINY, "loop.generations=2", "watermark=spread_spectrum", "arm=control"],
