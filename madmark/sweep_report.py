@@ -31,6 +31,7 @@ from madcore.errors import MadmarkError
 from madmark.columns import declared
 from madmark.report import _cell, _number
 from madmark.rundir import read_csv, rows_to_csv
+from madmark.scorecard import HEADER as SCORECARD_HEADER, scorecard_rows, scorecard_table
 
 #: metrics with a run × generation table and a panel (in order; absent ones are skipped)
 SWEEP_METRICS = declared(("precision", "recall", "density", "coverage", "fid",
@@ -289,6 +290,24 @@ def write_sweep_report(sweep_dir: str | Path) -> Path:
                   "`radio_m` of them), and quality (precision, recall, FID).", ""]
         for model, table in tables:
             lines += [f"### model={model}", "", table, ""]
+    scorecard = scorecard_rows(runs)
+    if scorecard:
+        atomic_write_text(sweep_dir / "scorecard.csv", rows_to_csv(
+            {k: row.get(k) for k in (*SCORECARD_HEADER[:5], *(
+                c for name in SCORECARD_HEADER[5:] for c in (name, f"{name}_sd")
+                if c in row))} for row in scorecard))
+        lines += ["## Autophagy-aware scorecard", "",
+                  "One row per watermark × model × loop (marked run and its control; seeds "
+                  "averaged, ± their spread), generation 2 on being the generations trained on "
+                  "marked data (madmark/scorecard.py). 1 idempotence: `idem_layers` (a second "
+                  "marking, in watermark layers; pass |·| ≤ 0.05) and `idem_psnr_db` (≥ 50). "
+                  "2 no accumulation: `energy_g2` = artifact energy above control at g2, `drift` = "
+                  "max over t ≥ 2 of its change since g2 (pass ≤ 0.2 layer). 3a `detect_min`: "
+                  "lowest detection rate of the model's own samples, t ≥ 2 (≥ 0.99); 3b "
+                  "`radio_log10p_max`: weakest radioactivity, t ≥ 2 (≤ −6). 4 `wm_psnr` of "
+                  "generation 1's marking (≥ 34 dB grey, ≥ 38 dB RGB); `d_*`: precision, recall, "
+                  "FID minus control at the last generation.", "",
+                  scorecard_table(scorecard), ""]
     if plot_sweep(runs, metrics, sweep_dir / "plots" / "summary.png", title=name):
         lines += ["![key metrics against generation, one line per run](plots/summary.png)", ""]
     path = sweep_dir / "summary.md"

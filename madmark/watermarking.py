@@ -54,6 +54,8 @@ SETTINGS_COLUMNS = (
            "boolean (True/False)", _CFG),
     Column("wm_n_calibration", "reference images the detectors are calibrated on", "count",
            "the reference split"),
+    Column("wm_image_shape", "the marked images' shape, channels x height x width (e.g. "
+           "1x28x28)", "text", "the data source"),
 )
 
 
@@ -205,7 +207,8 @@ class RunWatermark:
                 "wm_alpha": self.alpha,
                 "wm_key": self.key_source, "wm_key_mode": str(self.cfg.key_mode),
                 "wm_skip_detected": self.skip_detected,
-                "wm_n_calibration": len(self._calibration)}
+                "wm_n_calibration": len(self._calibration),
+                "wm_image_shape": "x".join(str(s) for s in self._shape)}
 
 
 def build_run_watermark(cfg: DictConfig, image_shape: tuple[int, ...], reference: torch.Tensor,
