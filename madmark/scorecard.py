@@ -15,8 +15,9 @@ marked data (the watermark stage marks S_1 before it enters pool 2). The propert
    held-out real images); passes at |layers| <= 0.05 and >= 50 dB.
 2. no accumulation: Δ_t = artifact_energy(t) − control's, in watermark layers; ``drift`` is
    max_{t >= 2} |Δ_t − Δ_2|; passes at <= 0.2 (needs >= 3 generations).
-3. inheritance: the smallest ``inherit_detect_rate`` over t >= 2 (passes at >= 0.99), and the
-   weakest radioactivity, max_{t >= 2} ``radio_log10p`` (passes at <= −6, the issue's p <= 1e-6 when
+3. inheritance: the smallest ``inherit_detect_rate`` over t >= 2 (passes at >= 0.99; judged in
+   fully synthetic loops only, where the model saw marked data alone), and the weakest
+   radioactivity, max_{t >= 2} ``radio_log10p`` (passes at <= −6, the issue's p <= 1e-6 when
    10 % of the pool is marked: ``loop=fresh_data_marked10``).
 4. quality: ``wm_psnr`` of generation 1's marking (passes at >= 34 dB on one-channel images, 38 dB
    on RGB, from ``wm_image_shape``), and precision, recall and FID minus the control's at the last generation (± the spread
@@ -37,7 +38,7 @@ from madmark.columns import declared
 from madmark.report import _cell
 
 #: the results.csv columns the scorecard reads
-USED = declared(("generation", "wm_image_shape", "idem_layers", "idem_psnr_db", "artifact_energy",
+USED = declared(("generation", "family", "wm_image_shape", "idem_layers", "idem_psnr_db", "artifact_energy",
                  "inherit_detect_rate", "radio_log10p", "wm_psnr", "precision", "recall", "fid"))
 IDEMPOTENT_LAYERS, IDEMPOTENT_DB = 0.05, 50.0
 MAX_DRIFT = 0.2
@@ -127,7 +128,8 @@ def _verdicts(row: dict[str, Any], channels: Optional[int]) -> tuple[list[str], 
     drift = row.get("drift")
     checks["2"] = None if drift is None else drift <= MAX_DRIFT
     detect = row.get("detect_min")
-    checks["3a"] = None if detect is None else detect >= MIN_DETECT
+    judged = row.get("family") == "fully_synthetic"
+    checks["3a"] = None if detect is None or not judged else detect >= MIN_DETECT
     radio = row.get("radio_log10p_max")
     checks["3b"] = None if radio is None else radio <= MAX_RADIO_LOG10P
     floor = MIN_PSNR.get(channels) if channels else None
@@ -175,6 +177,7 @@ def scorecard_rows(runs: list) -> list[dict[str, Any]]:
         for name in ("d_precision", "d_recall", "d_fid"):
             row[f"{name}_sd"] = _spread([p[name] for p in props])
         channels = _channels(pairs[0][0])
+        row["family"] = pairs[0][0].rows[0].get("family") if pairs[0][0].rows else None
         row["passes"], row["fails"] = (" ".join(v) for v in _verdicts(row, channels))
         out.append(row)
     return out

@@ -303,7 +303,8 @@ def write_sweep_report(sweep_dir: str | Path) -> Path:
                   "marking, in watermark layers; pass |·| ≤ 0.05) and `idem_psnr_db` (≥ 50). "
                   "2 no accumulation: `energy_g2` = artifact energy above control at g2, `drift` = "
                   "max over t ≥ 2 of its change since g2 (pass ≤ 0.2 layer). 3a `detect_min`: "
-                  "lowest detection rate of the model's own samples, t ≥ 2 (≥ 0.99); 3b "
+                  "lowest detection rate of the model's own samples, t ≥ 2 (≥ 0.99, judged in fully "
+                  "synthetic loops); 3b "
                   "`radio_log10p_max`: weakest radioactivity, t ≥ 2 (≤ −6). 4 `wm_psnr` of "
                   "generation 1's marking (≥ 34 dB grey, ≥ 38 dB RGB); `d_*`: precision, recall, "
                   "FID minus control at the last generation.", "",

@@ -10,13 +10,13 @@ from madmark.sweep_report import load_sweep, write_sweep_report
 
 
 def fake_run(root, job, overrides, energy, detect=None, radio=None, idem=(0.0, math.inf),
-             psnr=36.0, recall=None, shape="1x28x28"):
+             psnr=36.0, recall=None, shape="1x28x28", family="fully_synthetic"):
     folder = root / job
     (folder / ".hydra").mkdir(parents=True)
     (folder / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
     rows = []
     for i, e in enumerate(energy):
-        rows.append({"generation": i + 1, "wm_image_shape": shape, "idem_layers": idem[0],
+        rows.append({"generation": i + 1, "family": family, "wm_image_shape": shape, "idem_layers": idem[0],
                      "idem_psnr_db": idem[1], "artifact_energy": e,
                      "inherit_detect_rate": (detect or [0.0] * len(energy))[i],
                      "radio_log10p": (radio or [0.0] * len(energy))[i],
@@ -54,6 +54,17 @@ def test_seeds_are_averaged_with_their_spread(tmp_path):
     (row,) = scorecard_rows(load_sweep(tmp_path))
     assert row["seeds"] == 2 and row["d_recall"] == pytest.approx(-0.05)
     assert row["d_recall_sd"] == pytest.approx(math.sqrt(0.005))
+
+
+def test_detection_of_every_sample_is_judged_in_fully_synthetic_loops_only(tmp_path):
+    """With 10 % of the pool marked the model's samples carry little mark one by one; the
+    radioactivity test is the question there."""
+    fake_run(tmp_path, "0", ["arm=control"], [0, 0, 0], family="fresh_data")
+    fake_run(tmp_path, "1", ["arm=watermark"], [0, 0.1, 0.1], detect=[0, 0.05, 0.06],
+             radio=[0, -7, -8], family="fresh_data")
+    (row,) = scorecard_rows(load_sweep(tmp_path))
+    assert row["detect_min"] == 0.05 and "3a" not in (row["passes"] + " " + row["fails"]).split()
+    assert "3b" in row["passes"].split()
 
 
 def test_the_rgb_quality_floor_is_38_db(tmp_path):
