@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from watermark import SecretKey, SpreadSpectrum, Watermarker, psnr
+from watermark import IdempotentSpreadSpectrum, SecretKey, SpreadSpectrum, Watermarker, psnr
 
 KEY = SecretKey("interface-test-key")
 WATERMARK_DIR = pathlib.Path(__file__).resolve().parents[2] / "watermark"
@@ -26,6 +26,10 @@ def _baseline(name):
 METHODS = {
     "spread_spectrum_256": (lambda: SpreadSpectrum.for_image_size(KEY, 256, 256), "photos256", 24, 0.999, 38.0),
     "spread_spectrum_28": (lambda: SpreadSpectrum.for_image_size(KEY, 28, 28), "digits", 500, 0.98, 38.0),
+    "spread_spectrum_aware_256": (lambda: IdempotentSpreadSpectrum.for_image_size(KEY, 256, 256),
+                                  "photos256", 24, 0.999, 38.0),
+    "spread_spectrum_aware_28": (lambda: IdempotentSpreadSpectrum.for_image_size(KEY, 28, 28),
+                                 "digits", 500, 0.99, 34.0),
     "dwtdct": (lambda: _baseline("dwtdct"), "photos256", 12, 0.85, 36.0),
     "dwtdctsvd": (lambda: _baseline("dwtdctsvd"), "photos256", 12, 0.99, 36.0),
     "rivagan": (lambda: _baseline("rivagan"), "photos256", 3, 0.9, 36.0),
