@@ -92,12 +92,7 @@ class IdempotentSpreadSpectrum(SpreadSpectrum):
     def embed(self, x: torch.Tensor, msg: torch.Tensor) -> torch.Tensor:
         """Top x (N, C, H, W) in [0, 1] up to the target margin for msg ((N, K) or (K,) {0, 1});
         min(H, W) >= work_size. An image that already carries the mark is returned unchanged."""
-        check_images(x)
-        n, _, h, w = x.shape
-        if min(h, w) < self.work_size:
-            raise ValueError(f"IdempotentSpreadSpectrum(work_size={self.work_size}) embeds in "
-                             f"images at least {self.work_size} px on each side, got {h}x{w}; "
-                             f"use IdempotentSpreadSpectrum.for_image_size or a smaller work_size")
+        n, _, h, w = self._embeddable(x)
         t = self._tables(x.device)
         g = self._gains(h, w, x.device)[0].to(x.dtype)
         s = check_message(msg, n, self.num_bits).to(x.device, x.dtype) * 2 - 1

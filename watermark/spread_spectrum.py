@@ -173,15 +173,21 @@ class SpreadSpectrum(Watermarker):
         triage = torch.where(fits, torch.full_like(u, floor), torch.full_like(u, -math.inf))
         return torch.where(lo >= floor, lo.expand_as(u), triage)
 
+    def _embeddable(self, x: torch.Tensor) -> torch.Size:
+        """x's shape (N, C, H, W), after checking the images and that they can carry the band."""
+        check_images(x)
+        h, w = x.shape[-2:]
+        if min(h, w) < self.work_size:
+            name = type(self).__name__
+            raise ValueError(f"{name}(work_size={self.work_size}) embeds in images at least "
+                             f"{self.work_size} px on each side, got {h}x{w}; use "
+                             f"{name}.for_image_size or a smaller work_size")
+        return x.shape
+
     # ---- interface ----------------------------------------------------------------------------
     def embed(self, x: torch.Tensor, msg: torch.Tensor) -> torch.Tensor:
         """Mark x (N, C, H, W) in [0, 1] with msg ((N, K) or (K,) {0, 1}); min(H, W) >= work_size."""
-        check_images(x)
-        n, _, h, w = x.shape
-        if min(h, w) < self.work_size:
-            raise ValueError(f"SpreadSpectrum(work_size={self.work_size}) embeds in images at least "
-                             f"{self.work_size} px on each side, got {h}x{w}; use "
-                             f"SpreadSpectrum.for_image_size or a smaller work_size")
+        n, _, h, w = self._embeddable(x)
         t = self._tables(x.device)
         g, q = (v.to(x.dtype) for v in self._gains(h, w, x.device))
         s = check_message(msg, n, self.num_bits).to(x.device, x.dtype) * 2 - 1
