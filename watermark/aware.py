@@ -25,7 +25,8 @@ less than ``tol`` * tau, which the second call ignores. The same holds for a par
 E(x + beta L) = x + L for the one-layer residual L of a clean host x and any beta in [0, 1], and
 E(x + beta L) = x + beta L for beta >= 1 (tests/watermark/test_aware.py checks both against these
 closed forms). That is the property a loop needs: what the model inherited is topped up, not
-stacked.
+stacked. With ``excess="remove"`` a bit past the target (within ``reach``) is brought back to it as
+well, so every marked image sits on the target: E(x + beta L) = x + L for every beta in [0, reach].
 
 Cost. Unlike the budgeted informed embedding of SpreadSpectrum, the residual's energy is not capped
 per image: a busy host pays more (up to ``reach``^2 times the budget for a host opposing every bit).
@@ -56,6 +57,8 @@ class IdempotentSpreadSpectrum(SpreadSpectrum):
         reach: the largest missing part of a bit that is filled, in units of tau (>= 1); a bit the
             host opposes more is left alone.
         tol: a bit missing at most ``tol`` * tau counts as present (0 <= tol < 1).
+        excess: "keep" (a bit past the target is left as it is) or "remove" (it is brought back
+            to the target too, within ``reach``: every marked image then sits at the target).
     """
 
     name = "spread_spectrum_aware"
@@ -63,7 +66,7 @@ class IdempotentSpreadSpectrum(SpreadSpectrum):
     def __init__(self, key: SecretKey | str | os.PathLike, num_bits: int = 32, alpha: float = 0.01,
                  work_size: int = 64, band: tuple[float, float] = (0.5, 1.0), whiten: float = 2.0,
                  refine_steps: int = 10, margin: float = 1.0, reach: float = 6.0,
-                 tol: float = 0.02):
+                 tol: float = 0.02, excess: str = "keep"):
         super().__init__(key, num_bits=num_bits, alpha=alpha, work_size=work_size, band=band,
                          whiten=whiten, embedding="informed", refine_steps=refine_steps)
         if not margin > 0:
@@ -73,7 +76,10 @@ class IdempotentSpreadSpectrum(SpreadSpectrum):
             raise ValueError(f"reach must be >= 1 (units of the target margin), got {reach}")
         if not 0 <= tol < 1:
             raise ValueError(f"tol must be in [0, 1), got {tol}")
+        if excess not in ("keep", "remove"):
+            raise ValueError(f"excess must be 'keep' or 'remove', got {excess!r}")
         self.margin, self.reach, self.tol = float(margin), float(reach), float(tol)
+        self.excess = excess
 
     def amplitude(self, height: int, width: int, device: torch.device | str = "cpu") -> float:
         """a: the equal decoded amplitude of additive embedding at ``alpha`` for (height, width)
@@ -98,24 +104,34 @@ class IdempotentSpreadSpectrum(SpreadSpectrum):
         s = check_message(msg, n, self.num_bits).to(x.device, x.dtype) * 2 - 1
         tau = self.margin * self.amplitude(h, w, x.device)
         d = tau - s * self._stats(self._coefficients(x), t)
-        kept = d <= self.reach * tau                  # bits not given up to the host
-        fixed = kept & (d > self.tol * tau)
+        kept = self._within_reach(d, tau)             # bits not given up to the host
+        fixed = kept & self._off_target(d, tau)
         if not bool(fixed.any()):
             return x.clamp(0, 1)
         z = torch.where(fixed, s * d / g, torch.zeros_like(d))
         xw = (x + self._residual(z, t, (h, w))).clamp(0, 1)
         for _ in range(self.refine_steps):    # top up kept bits that clamping (or a neighbour's
             short = tau - s * self._stats(self._coefficients(xw), t)   # clamped residual) left short
-            kept = kept | (short <= self.reach * tau)  # a given-up bit moved within reach: a second
-            short = torch.where(kept & (short > self.tol * tau),  # call would fill it, so fill it now
-                                short, torch.zeros_like(short))
+            kept = kept | self._within_reach(short, tau)   # a given-up bit moved within reach: a
+            short = torch.where(kept & self._off_target(short, tau),   # second call would fill it,
+                                short, torch.zeros_like(short))        # so fill it now
             if not bool(short.any()):
                 break
             z = z + s * short / g
             xw = (x + self._residual(z, t, (h, w))).clamp(0, 1)
         return xw
 
+    def _within_reach(self, d: torch.Tensor, tau: float) -> torch.Tensor:
+        """Bits whose distance to the target (missing d > 0, excess d < 0) is worth closing."""
+        return (d <= self.reach * tau) & (d >= -self.reach * tau if self.excess == "remove"
+                                          else torch.ones_like(d, dtype=torch.bool))
+
+    def _off_target(self, d: torch.Tensor, tau: float) -> torch.Tensor:
+        """Bits that are not at the target within ``tol`` (below it only, unless excess is
+        removed)."""
+        return (d.abs() if self.excess == "remove" else d) > self.tol * tau
+
     def __repr__(self) -> str:
         return (f"IdempotentSpreadSpectrum(key={self.key}, num_bits={self.num_bits}, "
                 f"alpha={self.alpha}, work_size={self.work_size}, band={self.band}, "
-                f"margin={self.margin}, reach={self.reach}, tol={self.tol})")
+                f"margin={self.margin}, reach={self.reach}, tol={self.tol}, excess={self.excess!r})")

@@ -97,6 +97,16 @@ def test_a_bit_the_host_opposes_beyond_reach_is_left_alone():
     assert before[0, 3] < 0 and after[0, 3] < 0 and torch.equal(wm.embed(xw, msg), xw)
 
 
+def test_excess_removed_puts_every_kept_bit_on_the_target():
+    """excess="remove": E(x) sits exactly on the target for every bit within reach, so
+    E(x + beta L) = x + L for every beta in [0, reach] (the mark neither stacks nor grows)."""
+    wm, msg = small(excess="remove"), _msg(4)
+    x = gray()
+    layer = wm.embed(x, msg) - x
+    for beta in (0.0, 0.5, 2.0, 4.0):
+        assert torch.allclose(wm.embed(x + beta * layer, msg), x + layer, atol=1e-6)
+
+
 def test_it_reads_with_the_spread_spectrum_of_the_same_key():
     """Same carriers and decoder: a SpreadSpectrum detector with the key reads the aware mark."""
     aware, plain = small(), SpreadSpectrum.for_image_size(KEY, SIDE, SIDE, num_bits=8)
@@ -105,7 +115,7 @@ def test_it_reads_with_the_spread_spectrum_of_the_same_key():
 
 
 @pytest.mark.parametrize("kwargs, needle", [({"margin": 0}, "margin"), ({"reach": 0.5}, "reach"),
-                                            ({"tol": 1.0}, "tol")])
+                                            ({"tol": 1.0}, "tol"), ({"excess": "clip"}, "excess")])
 def test_settings_that_cannot_work_are_refused(kwargs, needle):
     with pytest.raises(ValueError, match=needle):
         small(**kwargs)
