@@ -14,6 +14,11 @@ the eval-watermark config) fitted ONCE on the source's clean real TRAIN split �
 reference images being marked and attacked — and cached as safetensors under
 ``regeneration.cache_dir``, keyed by the source, the train split's bytes, the model's resolved
 config and the seed (like the LeNet feature cache), so a second evaluation loads it in seconds.
+
+``madmark train-watermark regeneration=vae`` trains a learned watermark against the same cached
+VAE: :func:`training_regenerator` wraps it as :class:`VAEReconstruction`, regen_vae at strength 0
+as a frozen but differentiable module (``regenerate()`` runs without gradients), which the trainer
+(``watermark.train``, trainer.regeneration_prob) puts between the embedder and the extractor.
 """
 from __future__ import annotations
 
@@ -29,7 +34,10 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import load_file, save_file
 
+from torch import nn
+
 from loops.models import GenerativeModel
+from loops.models.vae import VAEModel, decoder_mean
 from madcore.errors import MadmarkError
 from madcore.files import atomic_write_text, atomic_write_with
 from madmark.data.base import Splits
@@ -133,3 +141,60 @@ def build_regenerators(cfg: DictConfig, splits: Splits, data_name: str,
                             int(cfg.seed), device)
         out.append((regen, strengths))
     return out
+
+
+class VAEReconstruction(nn.Module):
+    """regen_vae at strength 0 as a differentiable module: x (N, C, H, W) in [0, 1] -> the
+    decoder mean E[x | z = μ(x)] of a fitted :class:`VAEModel` (N, C, H, W) in [0, 1], what
+    ``model.regenerate(x, 0)`` returns, computed with gradients to x (in float32, without the
+    model's autocast or chunking). The VAE's weights are frozen (``requires_grad_(False)``, eval
+    mode); the module is the trainer's regenerator, not something it trains."""
+
+    def __init__(self, model: VAEModel):
+        super().__init__()
+        if getattr(model, "net", None) is None:
+            raise MadmarkError("the regeneration VAE is not fitted",
+                               "build it with madmark.regeneration.load_or_fit")
+        self.net, self.likelihood = model.net, model.likelihood
+        self.shape = tuple(model.shape)
+        self.requires_grad_(False).eval()
+        for param in self.parameters():
+            param.grad = None                        # what a fit in this process left behind
+
+    def train(self, mode: bool = True) -> "VAEReconstruction":
+        return super().train(False)                  # always in eval mode
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if tuple(x.shape[1:]) != self.shape:
+            raise MadmarkError(f"the regeneration VAE got images {tuple(x.shape[1:])}, fitted "
+                               f"on {self.shape}", "regenerate images of the fitted size")
+        mu, _ = self.net.encode(x.float())
+        return decoder_mean(self.net.decode(mu), self.likelihood).contiguous()
+
+
+#: the regeneration attacks train-watermark can put in training (a differentiable path)
+TRAINABLE = ("regen_vae",)
+
+
+def training_regenerator(cfg: DictConfig, splits: Splits, data_name: str,
+                         device: torch.device) -> VAEReconstruction:
+    """The frozen, differentiable regenerator of ``madmark train-watermark regeneration=vae``
+    (``cfg``: the ``regeneration`` node, configs/regeneration/vae.yaml: ``attack``, its model
+    under ``vae``, ``seed``, ``cache_dir``), fitted on the clean train split or loaded from the
+    cache eval-watermark shares, on ``device``."""
+    attack = str(cfg.get("attack"))
+    if attack not in TRAINABLE:
+        raise MadmarkError(f"regeneration.attack={attack} cannot be trained through",
+                           f"use regeneration=vae (attack {', '.join(TRAINABLE)}, a VAE "
+                           "reconstruction with gradients)")
+    model_key = REGENERATORS[attack]
+    if cfg.get(model_key) is None:
+        raise MadmarkError(f"regeneration.{model_key} is not set",
+                           f"add regeneration.{model_key}: a model config (configs/model/)")
+    regen = load_or_fit(attack, cfg[model_key], splits, data_name, cfg.cache_dir,
+                        int(cfg.seed), device)
+    if not isinstance(regen.model, VAEModel):
+        raise MadmarkError(f"regeneration.{model_key} builds {type(regen.model).__name__}, not "
+                           "a VAE", f"point regeneration.{model_key} at a VAE config "
+                           "(configs/model/vae.yaml)")
+    return VAEReconstruction(regen.model).to(device)

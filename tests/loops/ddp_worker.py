@@ -36,7 +36,7 @@ CONV_N, CONV_STEPS, CONV_LR = 7, 3, 0.2
 # GroupNorm group holds one channel, so the conv biases before it have a zero gradient (dead
 # parameters). Global batches of 7 split 4 / 3; noise strong enough that wrong rows would show.
 WM = dict(num_bits=8, work_size=16, alpha=0.05, width=16, msg_dim=8, steps=4, batch_size=7,
-          lr=1e-3, sgd_lr=0.5, seed=3, quality_weight=0.1)
+          lr=1e-3, sgd_lr=0.5, seed=3, quality_weight=0.1, idempotence_weight=2.0)
 WM_ATTACKS = {"noise": (0.05, 0.1), "jpeg": (50.0, 90.0), "blur": (0.5, 1.5)}
 WM_IMAGES = 32
 
@@ -108,20 +108,33 @@ def wm_batch(step: int) -> tuple[torch.Tensor, torch.Tensor, int]:
     return images[idx], m, _seed(WM["seed"], step, 1)
 
 
-def wm_steps() -> dict[str, torch.Tensor]:
+def make_regenerator() -> nn.Module:
+    """A frozen image -> image stand-in for a regeneration model: a seeded 3x3 conv and a sigmoid."""
+    torch.manual_seed(7)
+    net = nn.Sequential(nn.Conv2d(1, 1, 3, padding=1), nn.Sigmoid())
+    return net.requires_grad_(False).eval()
+
+
+def wm_steps(aware: bool = False) -> dict[str, torch.Tensor]:
     """watermark.train.watermark_train_step, attacks on, SGD, under DDP: the weights after
-    WM["steps"] steps and the global mean statistics each step returned (steps x 4)."""
-    from watermark.train import STATS, EmbedAttackDecode, watermark_train_step
+    WM["steps"] steps and the global mean statistics each step returned (steps x 4, x 5 with
+    `aware`: the idempotence loss at weight WM["idempotence_weight"], and make_regenerator()
+    instead of the attack layer on even steps). Without DDP (one process) it is the reference."""
+    from watermark.train import IDEM_STAT, STATS, EmbedAttackDecode, watermark_train_step
 
     wm = make_wm()
-    module = dist.wrap(EmbedAttackDecode(wm, make_attack_layer()))
+    module = dist.wrap(EmbedAttackDecode(wm, make_attack_layer(),
+                                         make_regenerator() if aware else None))
     opt = torch.optim.SGD(module.parameters(), lr=WM["sgd_lr"])
     stats = []
     for step in range(WM["steps"]):
         x, m, attack_seed = wm_batch(step)
+        extra = (dict(idempotence_weight=WM["idempotence_weight"], regenerate=step % 2 == 0)
+                 if aware else {})
         out = watermark_train_step(module, opt, x, m, alpha=WM["alpha"],
-                                   quality_weight=WM["quality_weight"], attack_seed=attack_seed)
-        stats.append([out[k] for k in STATS])
+                                   quality_weight=WM["quality_weight"], attack_seed=attack_seed,
+                                   **extra)
+        stats.append([out[k] for k in (*STATS, IDEM_STAT) if k in out])
     return {"state": wm.state_dict(), "stats": torch.tensor(stats, dtype=torch.float64)}
 
 
@@ -203,6 +216,7 @@ def main(out_dir: str) -> None:
     torch.set_num_threads(1)
     dist.init()
     result = {"collectives": collectives(), "conv": conv_steps(), "wm": wm_steps(),
+              "wm_aware": wm_steps(aware=True),
               "wrapped": type(dist.wrap(nn.Linear(1, 1))).__name__,
               "main_first_saw_file": main_first_order(out_dir)}
     try:

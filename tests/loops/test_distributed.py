@@ -205,6 +205,19 @@ def test_ddp_watermark_steps_with_attacks_equal_single_process_steps(ranks):
         assert torch.allclose(res["wm"]["stats"], stats, rtol=0, atol=1e-6)
 
 
+def test_ddp_autophagy_aware_watermark_steps_equal_single_process_steps(ranks):
+    """watermark_train_step with the idempotence loss (a second embedding in DDP's forward) and
+    regeneration steps (a frozen regenerator kept out of DDP's parameters) on 2 ranks against the
+    same steps in one process on the whole batch."""
+    reference = worker.wm_steps(aware=True)
+    assert reference["stats"].shape == (worker.WM["steps"], 5)
+    assert _max_diff(reference["state"], worker.wm_steps()["state"]) > 1e-3   # the options act
+    for res in ranks:
+        assert _max_diff(res["wm_aware"]["state"], reference["state"]) <= TOL
+        # the weights agree to TOL (float rounding of the 2-rank sum); the losses to the same
+        assert torch.allclose(res["wm_aware"]["stats"], reference["stats"], rtol=0, atol=TOL)
+
+
 def test_ddp_ddpm_steps_equal_single_process_steps(ranks):
     """(c) loops.models.ddpm.ddpm_train_step on 2 ranks (batch of 5 split 3 / 2, label dropout,
     clipping) against the plain single-process step: the ε-MSE mean over the whole batch."""

@@ -8,7 +8,8 @@ from omegaconf import OmegaConf
 from loops.models.vae import VAEModel, decoder_mean
 from madcore.errors import MadmarkError
 from madmark.data.base import Splits
-from madmark.regeneration import build_regenerators, load_or_fit
+from madmark.regeneration import (VAEReconstruction, build_regenerators, load_or_fit,
+                                  training_regenerator)
 from madmark.rundir import read_csv
 from watermark import ATTACK_GRID
 
@@ -80,6 +81,32 @@ def test_bad_regeneration_settings_name_the_fix(tmp_path):
     vectors = Splits(train=torch.rand(20, 3), reference=torch.rand(5, 3), kind="vector")
     with pytest.raises(MadmarkError, match="needs images"):
         build_regenerators(OmegaConf.create(base), vectors, "b", torch.device("cpu"))
+
+
+def test_training_regenerator_is_regen_vae_at_strength_0_with_gradients_and_frozen_weights(tmp_path):
+    """train-watermark's regenerator: the cached regen_vae's reconstruction, as a module whose
+    output is regenerate(x, 0) and whose input gradient flows (regenerate() runs under no_grad),
+    with frozen weights that stay in eval mode."""
+    data = splits()
+    cfg = OmegaConf.create({"attack": "regen_vae", "vae": TINY_VAE, "seed": 3,
+                            "cache_dir": str(tmp_path)})
+    module = training_regenerator(cfg, data, "blobs", torch.device("cpu"))
+    assert isinstance(module, VAEReconstruction)
+    cached = load_or_fit("regen_vae", cfg.vae, data, "blobs", tmp_path, 3, torch.device("cpu"))
+    assert cached.info["cached"]                       # the same entry eval-watermark would use
+    x = data.reference.clone().requires_grad_(True)
+    out = module(x)
+    torch.testing.assert_close(out.detach(), cached(data.reference, 0.0))
+    out.square().sum().backward()
+    assert x.grad is not None and float(x.grad.abs().sum()) > 0
+    assert all(not p.requires_grad and p.grad is None for p in module.parameters())
+    module.train()
+    assert not module.training and not module.net.training
+    with pytest.raises(MadmarkError, match="cannot be trained through"):
+        training_regenerator(OmegaConf.merge(cfg, {"attack": "regen_diffusion"}), data, "blobs",
+                             torch.device("cpu"))
+    with pytest.raises(MadmarkError, match="fitted on"):
+        module(torch.rand(2, 1, 10, 12))
 
 
 def test_eval_watermark_appends_the_regeneration_rows(cli, tmp_path):

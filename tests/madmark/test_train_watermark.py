@@ -138,3 +138,86 @@ def test_every_trainer_setting_comes_from_the_config(cli, tmp_path):
     code, _, err = cli("train-watermark", "trainer.steps=abc", f"out_dir={tmp_path / 'p'}")
     assert code == 2 and "trainer.steps='abc' is not an integer — set trainer.steps=2000" in err
     assert err.count("\n") == 1 and not (tmp_path / "p").exists()
+
+
+# ---- autophagy-aware training: trainer.idempotence_weight, trainer.regeneration_prob ------------
+#: a VAE that fits in a second or two (the real one: configs/model/vae.yaml, ~1 min on mnist5k)
+TINY_VAE = ["regeneration.vae.epochs=1", "regeneration.vae.width=4", "regeneration.vae.latent_dim=4",
+            "regeneration.vae.prior=normal"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["trainer.idempotence_weight=-1"],
+     "trainer.idempotence_weight=-1.0 must be >= 0 — set e.g. trainer.idempotence_weight=1"),
+    (["trainer.regeneration_prob=1.5"],
+     "trainer.regeneration_prob=1.5 is not a probability — set a value in [0, 1]"),
+    (["trainer.regeneration_prob=0.5"],
+     "trainer.regeneration_prob=0.5 needs a regenerator — add regeneration=vae"),
+    (["regeneration=vae", "regeneration.attack=regen_diffusion", "trainer.regeneration_prob=0.5"],
+     "regeneration.attack=regen_diffusion cannot be trained through — use regeneration=vae"),
+    (["regeneration=gan"], "unknown regeneration 'gan' — choose regeneration= one of vae"),
+    (["data=gaussian", "regeneration=vae", "trainer.regeneration_prob=0.5"],
+     "train-watermark needs image data"),
+])
+def test_bad_autophagy_aware_settings_fail_in_one_line_before_training(cli, tmp_path, args, message):
+    vae = [*TINY_VAE, f"regeneration.cache_dir={tmp_path / 'cache'}"] if "regeneration=vae" in args else []
+    code, _, err = cli("train-watermark", "trainer.steps=4", *args, *vae, f"out_dir={tmp_path / 'o'}")
+    assert code == 2 and message in err and err.count("\n") == 1, err
+    assert not list((tmp_path / "o").rglob("checkpoints")) and not (tmp_path / "cache").exists()
+
+
+def test_regeneration_and_idempotence_train_and_are_measured_on_the_card(cli, tmp_path):
+    """regeneration=vae fits the (tiny) VAE on the clean train split into the cache, trains through
+    it, and the card records the settings and adds idem_psnr_db and bit_acc_regen; with
+    trainer.regeneration_prob=0 the VAE is neither fitted nor used."""
+    cache = tmp_path / "cache"
+    quick = ["trainer.steps=8", "trainer.batch_size=16", "trainer.val_every=0",
+             "trainer.checkpoint_every=0", "trainer.warmup_frac=0.25", "eval_images=32"]
+    code, out, err = cli("train-watermark", *quick, "card_name=tiny", "regeneration=vae", *TINY_VAE,
+                         f"regeneration.cache_dir={cache}", "trainer.regeneration_prob=0.5",
+                         "trainer.idempotence_weight=1", f"out_dir={tmp_path / 'o'}")
+    assert code == 0, err
+    (card_path,) = (tmp_path / "o").rglob("tiny.yaml")
+    card = load_card(card_path).card
+    assert card["training"]["regeneration"]["attack"] == "regen_vae"
+    assert (card["training"]["trainer"]["regeneration_prob"],
+            card["training"]["trainer"]["idempotence_weight"]) == (0.5, 1.0)
+    assert {"idem_psnr_db", "bit_acc_regen"} <= set(card["metrics"])
+    assert "second marking" in out and "after regeneration" in out
+    assert len(list(cache.glob("regen_vae-*/model.safetensors"))) == 1
+    code, out, err = cli("train-watermark", *quick, "regeneration=vae", f"regeneration.cache_dir={tmp_path / 'unused'}",
+                         "card_name=off", f"out_dir={tmp_path / 'p'}")
+    assert code == 0, err
+    assert "regeneration is unused" in out and not (tmp_path / "unused").exists()
+    (card_path,) = (tmp_path / "p").rglob("off.yaml")
+    assert set(load_card(card_path).card["metrics"]) == {"bit_acc", "bit_acc_jpeg50", "psnr",
+                                                         "n_eval_images", "eval_split"}
+
+
+def test_aware_recipe_is_the_digits32_recipe_plus_the_aware_options():
+    """recipe=digits32_aware composes to the shipped digits32 card's recorded settings, plus the
+    idempotence weight, the regeneration probability and regeneration=vae, whose VAE is
+    eval-watermark's regen_vae model on mnist5k (so both use one cache entry)."""
+    from hydra import compose, initialize_config_module
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from tests.watermark.test_shipped_cards import recorded_training
+
+    with initialize_config_module("configs", version_base=None):
+        cfg = compose("train_watermark", overrides=["recipe=digits32_aware"])
+        evaluation = compose("eval_watermark", overrides=["data=mnist5k"])
+    composed = OmegaConf.to_container(cfg, resolve=True)
+    trainer = instantiate(cfg.trainer, _convert_="all")
+    assert (trainer.idempotence_weight, trainer.regeneration_prob) == (1.0, 0.25)
+    assert composed["card_name"] == "digits32_aware"
+    assert composed["regeneration"]["attack"] == "regen_vae"
+    assert composed["regeneration"]["vae"] == OmegaConf.to_container(evaluation.regeneration.vae,
+                                                                     resolve=True)
+    assert composed["regeneration"]["cache_dir"] == evaluation.regeneration.cache_dir
+    digits32 = {"card_alpha": None, **recorded_training("digits32")}   # card_alpha came later
+    where = ("device", "out_dir", "name", "hydra", "debug", "resume", "card_name", "regeneration")
+    aware = ("idempotence_weight", "regeneration_prob")
+    strip = lambda c: {k: ({kk: vv for kk, vv in v.items() if kk not in aware}  # noqa: E731
+                           if k == "trainer" else v) for k, v in c.items() if k not in where}
+    assert strip(composed) == strip(digits32)
