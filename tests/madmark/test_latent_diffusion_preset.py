@@ -86,3 +86,22 @@ def test_fresh_data_loop_with_mostly_real_pools_stays_near_generation_1(cli, tmp
         assert float(r["fid"]) < float(first["fid"]) + 5.0, rows
         for key in ("recall", "coverage"):
             assert float(r[key]) > float(first[key]) - 0.05, (key, rows)
+
+
+@pytest.mark.parametrize("model", ["vae_tiny", "latent_diffusion_tiny"])
+@pytest.mark.parametrize("family, real_fraction", [("synthetic_augmentation", 0.5),
+                                                   ("fresh_data", 0.5)])
+def test_the_deep_regenerators_run_in_every_loop_family(cli, tmp_path, model, family,
+                                                        real_fraction):
+    """Fully synthetic is the smoke runs above; the two families with real data in later pools
+    (their pool at generation 2: half real, half the model's samples)."""
+    tiny = TINY if model == "latent_diffusion_tiny" else ["model=vae_tiny", "model.epochs=1",
+                                                           "progress=false"]
+    code, _, err = cli("run", *tiny,
+                       f"loop={family}", "loop.generations=2", "loop.n_real=300",
+                       "loop.n_synthetic=300", "eval.features.name=random_cnn", "eval.kid=false")
+    assert code == 0, err
+    (run,) = run_dirs(tmp_path / "outputs" / "default")
+    rows = read_csv(run / "results.csv")
+    assert [float(r["real_fraction"]) for r in rows] == [1.0, real_fraction]
+    assert all(0 <= float(r["precision"]) <= 1 for r in rows)
