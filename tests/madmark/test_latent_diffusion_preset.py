@@ -88,9 +88,11 @@ def test_fresh_data_loop_with_mostly_real_pools_stays_near_generation_1(cli, tmp
             assert float(r[key]) > float(first[key]) - 0.05, (key, rows)
 
 
-@pytest.mark.parametrize("model", ["vae_tiny", "latent_diffusion_tiny"])
-@pytest.mark.parametrize("family, real_fraction", [("synthetic_augmentation", 0.5),
-                                                   ("fresh_data", 0.5)])
+@pytest.mark.parametrize("model, family, real_fraction", [
+    ("vae_tiny", "synthetic_augmentation", 0.5),
+    ("latent_diffusion_tiny", "fresh_data", 0.5),
+    pytest.param("vae_tiny", "fresh_data", 0.5, marks=pytest.mark.slow),
+    pytest.param("latent_diffusion_tiny", "synthetic_augmentation", 0.5, marks=pytest.mark.slow)])
 def test_the_deep_regenerators_run_in_every_loop_family(cli, tmp_path, model, family,
                                                         real_fraction):
     """Fully synthetic is the smoke runs above; the two families with real data in later pools
