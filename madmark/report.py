@@ -80,12 +80,13 @@ WATERMARK_COLUMNS = tuple(c for c in WATERMARK_TABLE + FILTER_TABLE
                           if c not in ("generation", "real_fraction", "n_pool"))
 
 
-def _number(value: Any) -> float | None:
+def _number(value: Any, finite: bool = True) -> float | None:
+    """A cell as a float; None if empty, text, NaN or (with ``finite``) infinite."""
     try:
         x = float(value)
     except (TypeError, ValueError):
         return None
-    return x if math.isfinite(x) else None
+    return None if math.isnan(x) or (finite and math.isinf(x)) else x
 
 
 def _cell(value: Any) -> str:

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from madmark.columns import declared
-from madmark.report import _cell
+from madmark.report import _cell, _number as report_number
 
 #: the results.csv columns the scorecard reads
 USED = declared(("generation", "family", "wm_image_shape", "idem_layers", "idem_psnr_db", "artifact_energy",
@@ -49,16 +49,14 @@ MIN_PSNR = {1: 34.0, 3: 38.0}          # channels -> the quality floor of markin
 HEADER = ("watermark", "model", "loop", "key_mode", "seeds", "idem_layers", "idem_psnr_db",
           "energy_g2", "drift", "detect_min", "radio_log10p_max", "wm_psnr", "d_precision",
           "d_recall", "d_fid", "passes", "fails")
+#: scorecard.csv columns: HEADER, each difference from control followed by its spread over seeds
+CSV_COLUMNS = tuple(c for name in HEADER
+                    for c in ((name, f"{name}_sd") if name.startswith("d_") else (name,)))
 
 
 def _number(value: Any) -> Optional[float]:
-    """A results.csv cell as a float (``inf`` kept: an idempotent mark's PSNR); None if empty,
-    text or NaN."""
-    try:
-        x = float(value)
-    except (TypeError, ValueError):
-        return None
-    return None if math.isnan(x) else x
+    """A results.csv cell as a float, ``inf`` kept (an idempotent mark's PSNR)."""
+    return report_number(value, finite=False)
 
 
 def _choices(run_dir: Path) -> dict[str, str]:
@@ -69,11 +67,6 @@ def _choices(run_dir: Path) -> dict[str, str]:
     from omegaconf import OmegaConf
     choices = OmegaConf.select(OmegaConf.load(path), "hydra.runtime.choices", default={}) or {}
     return {str(k): str(v) for k, v in dict(choices).items()}
-
-
-def _key_mode(run) -> str:
-    settings = dict(o.partition("=")[::2] for o in run.overrides)
-    return settings.get("watermark.key_mode", "run")
 
 
 def _series(run, column: str) -> dict[int, float]:
@@ -146,27 +139,19 @@ def _channels(run) -> Optional[int]:
     return int(head) if head.isdigit() else None
 
 
-def scorecard_rows(runs: list) -> list[dict[str, Any]]:
-    """One dict per (watermark, model, loop, key_mode) with a marked run and a control twin, in
-    the sweep's order; :data:`HEADER` keys. ``runs``: madmark.sweep_report.SweepRun list."""
-    def settings(run) -> dict[str, str]:
-        return dict(o.partition("=")[::2] for o in run.overrides)
-
-    def rest(run) -> tuple:
-        return tuple(sorted((k, v) for k, v in settings(run).items() if k != "arm"))
-
-    controls = {rest(run): run for run in runs if settings(run).get("arm") == "control"}
+def scorecard_rows(pairs: list[tuple[Any, Any]]) -> list[dict[str, Any]]:
+    """One dict per (watermark, model, loop, key_mode), in the sweep's order; :data:`HEADER`
+    keys. ``pairs``: (marked run, its control run) of madmark.sweep_report.SweepRun, as
+    ``control_pairs`` finds them; a run without the idempotence columns is left out."""
     groups: dict[tuple, list[tuple[Any, Any]]] = {}
-    for run in runs:
-        arm = settings(run).get("arm")
-        if arm in (None, "control") or rest(run) not in controls \
-                or not any("idem_layers" in row for row in run.rows):
-            continue                    # no control twin, or a run from before the scorecard
-        choices = _choices(run.path)
-        key = (choices.get("watermark", settings(run).get("watermark", "?")),
-               choices.get("model", settings(run).get("model", "?")),
-               choices.get("loop", settings(run).get("loop", "?")), _key_mode(run))
-        groups.setdefault(key, []).append((run, controls[rest(run)]))
+    for run, control in pairs:
+        if not any("idem_layers" in row for row in run.rows):
+            continue                    # a run from before the scorecard
+        choices, settings = _choices(run.path), run.settings
+        key = tuple(choices.get(group, settings.get(group, "?"))
+                    for group in ("watermark", "model", "loop"))
+        groups.setdefault((*key, settings.get("watermark.key_mode", "run")), []).append(
+            (run, control))
     out = []
     for (watermark, model, loop, key_mode), pairs in groups.items():
         props = [_pair_properties(run, control) for run, control in pairs]

@@ -31,7 +31,7 @@ from madcore.errors import MadmarkError
 from madmark.columns import declared
 from madmark.report import _cell, _number
 from madmark.rundir import read_csv, rows_to_csv
-from madmark.scorecard import HEADER as SCORECARD_HEADER, scorecard_rows, scorecard_table
+from madmark.scorecard import CSV_COLUMNS as SCORECARD_CSV, scorecard_rows, scorecard_table
 
 #: metrics with a run × generation table and a panel (in order; absent ones are skipped)
 SWEEP_METRICS = declared(("precision", "recall", "density", "coverage", "fid",
@@ -59,6 +59,11 @@ class SweepRun:
     status: dict[str, Any] = field(default_factory=dict)
     label: str = ""
 
+    @property
+    def settings(self) -> dict[str, str]:
+        """The overrides as {key: value} (``arm=control`` -> {"arm": "control"})."""
+        return dict(o.partition("=")[::2] for o in self.overrides)
+
 
 def run_folders(sweep_dir: Path) -> list[Path]:
     """Direct subfolders holding a results.csv, in job order (numeric names numerically)."""
@@ -82,7 +87,7 @@ def _overrides(run_dir: Path) -> list[str]:
 def label_runs(runs: list[SweepRun]) -> None:
     """Label each run by the overrides whose value differs between runs (first-seen order);
     a run with none, or a label shared with another run, gets its job name too."""
-    values = [dict(o.partition("=")[::2] for o in run.overrides) for run in runs]
+    values = [run.settings for run in runs]
     keys: list[str] = []
     for v in values:
         keys.extend(k for k in v if k not in keys)
@@ -130,7 +135,7 @@ def control_pairs(runs: list[SweepRun]) -> list[tuple[SweepRun, SweepRun]]:
     """(run, its control run) for every run whose overrides equal a ``arm=control`` run's except
     for ``arm``, in run order."""
     def arm_and_rest(run: SweepRun) -> tuple[str | None, tuple]:
-        settings = dict(o.partition("=")[::2] for o in run.overrides)
+        settings = run.settings
         return settings.pop("arm", None), tuple(sorted(settings.items()))
 
     split = [(run, *arm_and_rest(run)) for run in runs]
@@ -154,16 +159,12 @@ def delta_table(pairs: list[tuple[SweepRun, SweepRun]], metric: str) -> str:
     return "\n".join(lines)
 
 
-def _settings(run: SweepRun) -> dict[str, str]:
-    return dict(o.partition("=")[::2] for o in run.overrides)
-
-
 def model_tables(runs: list[SweepRun]) -> list[tuple[str, str]]:
     """(model, Markdown table) per value of a ``model=`` override that differs between runs:
     one row per run of that model × generation, with :data:`MODEL_TABLE_METRICS` and, where the
     run has an ``arm=control`` twin, its artifact energy minus the control's. [] when the sweep
     does not cross models."""
-    models = list(dict.fromkeys(_settings(run).get("model") for run in runs))
+    models = list(dict.fromkeys(run.settings.get("model") for run in runs))
     if len(models) < 2 or None in models:
         return []
     control = {id(run): twin for run, twin in control_pairs(runs)}
@@ -172,7 +173,7 @@ def model_tables(runs: list[SweepRun]) -> list[tuple[str, str]]:
     out = []
     for model in models:
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        for run in (r for r in runs if _settings(r).get("model") == model):
+        for run in (r for r in runs if r.settings.get("model") == model):
             label = " ".join(p for p in run.label.split() if not p.startswith("model="))
             twin = {_generation(r): _number(r.get("artifact_energy"))
                     for r in control[id(run)].rows} if id(run) in control else {}
@@ -290,12 +291,10 @@ def write_sweep_report(sweep_dir: str | Path) -> Path:
                   "`radio_m` of them), and quality (precision, recall, FID).", ""]
         for model, table in tables:
             lines += [f"### model={model}", "", table, ""]
-    scorecard = scorecard_rows(runs)
+    scorecard = scorecard_rows(pairs)
     if scorecard:
         atomic_write_text(sweep_dir / "scorecard.csv", rows_to_csv(
-            {k: row.get(k) for k in (*SCORECARD_HEADER[:5], *(
-                c for name in SCORECARD_HEADER[5:] for c in (name, f"{name}_sd")
-                if c in row))} for row in scorecard))
+            {k: row.get(k) for k in SCORECARD_CSV} for row in scorecard))
         lines += ["## Autophagy-aware scorecard", "",
                   "One row per watermark × model × loop (marked run and its control; seeds "
                   "averaged, ± their spread), generation 2 on being the generations trained on "

@@ -6,7 +6,7 @@ import pytest
 
 from madmark.rundir import read_csv, rows_to_csv
 from madmark.scorecard import scorecard_rows
-from madmark.sweep_report import load_sweep, write_sweep_report
+from madmark.sweep_report import control_pairs, load_sweep, write_sweep_report
 
 
 def fake_run(root, job, overrides, energy, detect=None, radio=None, idem=(0.0, math.inf),
@@ -35,7 +35,7 @@ def test_properties_are_computed_from_the_marked_run_and_its_control(tmp_path):
     fake_run(tmp_path, "2", ["watermark=aware", "arm=control"], [0.2, 0.3, 0.4, 0.5])
     fake_run(tmp_path, "3", ["watermark=aware", "arm=watermark"], [0.2, 1.3, 1.45, 1.5],
              detect=[0.0, 0.98, 1.0, 1.0], radio=[0.0, -5.0, -7.0, -8.0])
-    ss, aware = scorecard_rows(load_sweep(tmp_path))
+    ss, aware = scorecard_rows(control_pairs(load_sweep(tmp_path)))
     assert ss["watermark"] == "ss" and ss["seeds"] == 1
     assert ss["energy_g2"] == pytest.approx(1.0) and ss["drift"] == pytest.approx(2.0)
     assert ss["detect_min"] == 1.0 and ss["radio_log10p_max"] == -9.0
@@ -51,7 +51,7 @@ def test_seeds_are_averaged_with_their_spread(tmp_path):
         fake_run(tmp_path, str(job), ["watermark=ss", f"seed={seed}", "arm=control"], [0, 0, 0])
         fake_run(tmp_path, str(job + 1), ["watermark=ss", f"seed={seed}", "arm=watermark"],
                  [0, 1, 1], recall=[0.5, 0.5, recall])
-    (row,) = scorecard_rows(load_sweep(tmp_path))
+    (row,) = scorecard_rows(control_pairs(load_sweep(tmp_path)))
     assert row["seeds"] == 2 and row["d_recall"] == pytest.approx(-0.05)
     assert row["d_recall_sd"] == pytest.approx(math.sqrt(0.005))
 
@@ -62,7 +62,7 @@ def test_detection_of_every_sample_is_judged_in_fully_synthetic_loops_only(tmp_p
     fake_run(tmp_path, "0", ["arm=control"], [0, 0, 0], family="fresh_data")
     fake_run(tmp_path, "1", ["arm=watermark"], [0, 0.1, 0.1], detect=[0, 0.05, 0.06],
              radio=[0, -7, -8], family="fresh_data")
-    (row,) = scorecard_rows(load_sweep(tmp_path))
+    (row,) = scorecard_rows(control_pairs(load_sweep(tmp_path)))
     assert row["detect_min"] == 0.05 and "3a" not in (row["passes"] + " " + row["fails"]).split()
     assert "3b" in row["passes"].split()
 
@@ -70,14 +70,14 @@ def test_detection_of_every_sample_is_judged_in_fully_synthetic_loops_only(tmp_p
 def test_the_rgb_quality_floor_is_38_db(tmp_path):
     fake_run(tmp_path, "0", ["arm=control"], [0, 0], shape="3x256x256")
     fake_run(tmp_path, "1", ["arm=watermark"], [0, 1], psnr=36.0, shape="3x256x256")
-    (row,) = scorecard_rows(load_sweep(tmp_path))
+    (row,) = scorecard_rows(control_pairs(load_sweep(tmp_path)))
     assert "4" in row["fails"].split()
 
 
 def test_too_few_generations_judge_nothing_about_accumulation(tmp_path):
     fake_run(tmp_path, "0", ["arm=control"], [0, 0])
     fake_run(tmp_path, "1", ["arm=watermark"], [0, 1])
-    (row,) = scorecard_rows(load_sweep(tmp_path))
+    (row,) = scorecard_rows(control_pairs(load_sweep(tmp_path)))
     assert row["drift"] is None and "2" not in (row["passes"] + " " + row["fails"]).split()
 
 
