@@ -118,27 +118,34 @@ def load_or_fit(attack: str, model_cfg: DictConfig, splits: Splits, data_name: s
                                        **{f"fit_{k}": v for k, v in stats.items()}})
 
 
+def model_config(cfg: DictConfig, attack: str) -> DictConfig:
+    """The model config of regeneration ``attack`` in the ``regeneration`` node ``cfg``
+    (``cfg.vae`` for regen_vae); one-line errors for an unknown attack or an unset config."""
+    if attack not in REGENERATORS:
+        raise MadmarkError(f"unknown regeneration attack '{attack}'",
+                           f"use regeneration.attacks= a list of {', '.join(REGENERATORS)}")
+    model_key = REGENERATORS[attack]
+    if cfg.get(model_key) is None:
+        raise MadmarkError(f"regeneration.{model_key} is not set",
+                           f"add regeneration.{model_key}: a model config (configs/model/)")
+    return cfg[model_key]
+
+
 def build_regenerators(cfg: DictConfig, splits: Splits, data_name: str,
                        device: torch.device) -> list[tuple[Regenerator, list[float]]]:
     """The regenerators ``cfg.attacks`` names (the ``regeneration`` block of eval-watermark's
     config), each with its strengths, fitted or loaded."""
     out = []
     for attack in [str(a) for a in cfg.attacks]:
-        if attack not in REGENERATORS:
-            raise MadmarkError(f"unknown regeneration attack '{attack}'",
-                               f"use regeneration.attacks= a list of {', '.join(REGENERATORS)}")
-        model_key = REGENERATORS[attack]
-        if cfg.get(model_key) is None:
-            raise MadmarkError(f"regeneration.{model_key} is not set",
-                               f"add regeneration.{model_key}: a model config (configs/model/)")
+        model_cfg = model_config(cfg, attack)
         strengths = [float(s) for s in cfg.strengths[attack]]
         if not strengths:
             raise MadmarkError(f"regeneration.strengths.{attack} is empty",
                                f"give {attack} one or more strengths")
-        print(f"{attack}: fitting or loading regeneration.{model_key} on the clean train split",
-              flush=True)
-        regen = load_or_fit(attack, cfg[model_key], splits, data_name, cfg.cache_dir,
-                            int(cfg.seed), device)
+        print(f"{attack}: fitting or loading regeneration.{REGENERATORS[attack]} on the clean "
+              "train split", flush=True)
+        regen = load_or_fit(attack, model_cfg, splits, data_name, cfg.cache_dir, int(cfg.seed),
+                            device)
         out.append((regen, strengths))
     return out
 
@@ -176,22 +183,26 @@ class VAEReconstruction(nn.Module):
 TRAINABLE = ("regen_vae",)
 
 
+def trainable_attack(cfg: DictConfig) -> str:
+    """``cfg.attack`` of train-watermark's ``regeneration`` node, refused in one line unless it
+    is one of :data:`TRAINABLE`."""
+    attack = str(cfg.get("attack"))
+    if attack not in TRAINABLE:
+        raise MadmarkError(f"regeneration.attack={attack} cannot be trained through",
+                           f"use regeneration=vae (attack {', '.join(TRAINABLE)}, a VAE "
+                           "reconstruction with gradients)")
+    return attack
+
+
 def training_regenerator(cfg: DictConfig, splits: Splits, data_name: str,
                          device: torch.device) -> VAEReconstruction:
     """The frozen, differentiable regenerator of ``madmark train-watermark regeneration=vae``
     (``cfg``: the ``regeneration`` node, configs/regeneration/vae.yaml: ``attack``, its model
     under ``vae``, ``seed``, ``cache_dir``), fitted on the clean train split or loaded from the
     cache eval-watermark shares, on ``device``."""
-    attack = str(cfg.get("attack"))
-    if attack not in TRAINABLE:
-        raise MadmarkError(f"regeneration.attack={attack} cannot be trained through",
-                           f"use regeneration=vae (attack {', '.join(TRAINABLE)}, a VAE "
-                           "reconstruction with gradients)")
+    attack = trainable_attack(cfg)
     model_key = REGENERATORS[attack]
-    if cfg.get(model_key) is None:
-        raise MadmarkError(f"regeneration.{model_key} is not set",
-                           f"add regeneration.{model_key}: a model config (configs/model/)")
-    regen = load_or_fit(attack, cfg[model_key], splits, data_name, cfg.cache_dir,
+    regen = load_or_fit(attack, model_config(cfg, attack), splits, data_name, cfg.cache_dir,
                         int(cfg.seed), device)
     if not isinstance(regen.model, VAEModel):
         raise MadmarkError(f"regeneration.{model_key} builds {type(regen.model).__name__}, not "

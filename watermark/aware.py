@@ -42,7 +42,7 @@ import os
 
 import torch
 
-from .base import check_images, check_message
+from .base import check_message
 from .keys import SecretKey
 from .spread_spectrum import SpreadSpectrum
 
@@ -86,14 +86,6 @@ class IdempotentSpreadSpectrum(SpreadSpectrum):
         images, in units of T (the target margin is ``margin`` * a)."""
         g, q = self._gains(height, width, torch.device(device))
         return self.alpha / math.sqrt(float((q / g.square()).sum()))
-
-    def missing(self, x: torch.Tensor, msg: torch.Tensor) -> torch.Tensor:
-        """d (N, K): how far each bit of ``msg`` is below the target margin in x, in units of T
-        (<= 0: present). Images (N, C, H, W) in [0, 1]."""
-        check_images(x)
-        s = check_message(msg, x.shape[0], self.num_bits).to(x.device, x.dtype) * 2 - 1
-        tau = self.margin * self.amplitude(x.shape[2], x.shape[3], x.device)
-        return tau - s * self._stats(self._coefficients(x), self._tables(x.device))
 
     def embed(self, x: torch.Tensor, msg: torch.Tensor) -> torch.Tensor:
         """Top x (N, C, H, W) in [0, 1] up to the target margin for msg ((N, K) or (K,) {0, 1});

@@ -34,7 +34,7 @@ from madcore import dist
 from madmark.commands.run import resolve_device
 from madcore.errors import MadmarkError
 from madmark.hydra_app import report_error, run_hydra, to_container
-from madmark.regeneration import TRAINABLE, training_regenerator
+from madmark.regeneration import trainable_attack, training_regenerator
 from madmark.run_opening import agree, backend, torchrun_args
 from madmark.rundir import RunDir, environment
 from watermark import save_card, train_watermarker
@@ -65,10 +65,8 @@ def check_aware(trainer: TrainerConfig, regeneration: DictConfig | None) -> bool
     if trainer.regeneration_prob > 0 and regeneration is None:
         raise MadmarkError(f"trainer.regeneration_prob={trainer.regeneration_prob} needs a "
                            "regenerator", "add regeneration=vae, or set trainer.regeneration_prob=0")
-    if regeneration is not None and regeneration.get("attack") not in TRAINABLE:
-        raise MadmarkError(f"regeneration.attack={regeneration.get('attack')} cannot be trained "
-                           "through", f"use regeneration=vae (attack {', '.join(TRAINABLE)}, a VAE "
-                           "reconstruction with gradients)")
+    if regeneration is not None:
+        trainable_attack(regeneration)
     return regeneration is not None and trainer.regeneration_prob > 0
 
 
