@@ -42,6 +42,25 @@ def check_only_rank_0_wrote(root: Path, run: Path, done: subprocess.CompletedPro
     assert json.loads((run / "env.json").read_text())["world_size"] == 2
 
 
+def single_and_ddp(tmp_path: Path, cli, overrides: list[str]) -> tuple[list, list, Path]:
+    """``madmark run *overrides`` in one process and under torchrun, each training its own LeNet
+    cache (rank 0 trains it, rank 1 loads it); checks that torchrun made one run directory that
+    only rank 0 wrote and that both wrote the same columns for 2 generations. Returns the two
+    results.csv row lists and the torchrun run directory."""
+    code, _, err = cli("run", *overrides, f"eval.features.cache_dir={tmp_path / 'cache1'}",
+                       f"hydra.run.dir={tmp_path / 'single'}")
+    assert code == 0, err
+    root = tmp_path / "ddp"
+    done, writes = torchrun(root, *overrides, f"eval.features.cache_dir={root / 'lenet_cache'}",
+                            f"hydra.run.dir={root / 'run'}", timeout=600)
+    run = root / "run"
+    assert run_dirs(root) == [run]
+    check_only_rank_0_wrote(root, run, done, writes)
+    one, two = read_csv(tmp_path / "single" / "results.csv"), read_csv(run / "results.csv")
+    assert [r.keys() for r in one] == [r.keys() for r in two] and len(two) == 2
+    return one, two, run
+
+
 def test_torchrun_run_equals_the_single_process_run(tmp_path, cli):
     code, _, err = cli("run", *TINY, f"hydra.run.dir={tmp_path / 'single'}")
     assert code == 0, err
@@ -82,19 +101,8 @@ def test_torchrun_resumes_a_killed_run(tmp_path, cli):
 def test_torchrun_ddpm_run_trains_with_ddp_and_matches_one_process(tmp_path, cli):
     """The tiny DDPM trains under DDP (global batch of 16 split 8 / 8) and samples split across
     ranks; the LeNet feature network is trained and cached by rank 0 alone (rank 1 loads it)."""
-    cache = tmp_path / "ddp" / "lenet_cache"
-    code, _, err = cli("run", *DDPM, f"eval.features.cache_dir={tmp_path / 'cache1'}",
-                       f"hydra.run.dir={tmp_path / 'single'}")
-    assert code == 0, err
-    root = tmp_path / "ddp"
-    done, writes = torchrun(root, *DDPM, f"eval.features.cache_dir={cache}",
-                            f"hydra.run.dir={root / 'run'}", timeout=600)
-    run = root / "run"
-    assert run_dirs(root) == [run]
-    check_only_rank_0_wrote(root, run, done, writes)
+    one, two, run = single_and_ddp(tmp_path, cli, DDPM)
     assert (run / "samples" / "g0002.png").is_file() and (run / "state" / "g0002.pt").is_file()
-    one, two = read_csv(tmp_path / "single" / "results.csv"), read_csv(run / "results.csv")
-    assert [r.keys() for r in one] == [r.keys() for r in two] and len(two) == 2
     for a, b in zip(one, two):
         # the same global batches and sample noise; Adam turns float rounding of the 2-rank
         # gradient sum into tiny weight differences (measured: ~1e-7 relative in these columns)
@@ -118,16 +126,7 @@ VAE = ["data=mnist5k", "model=vae_tiny", "loop.generations=2", "loop.n_real=128"
 def test_torchrun_vae_run_trains_with_ddp_and_matches_one_process(tmp_path, cli):
     """The VAE trains under DDP (each rank takes its half of every global batch, the same draws as
     one process); the latent flow is fitted identically on both ranks."""
-    code, _, err = cli("run", *VAE, f"eval.features.cache_dir={tmp_path / 'cache1'}",
-                       f"hydra.run.dir={tmp_path / 'single'}")
-    assert code == 0, err
-    root = tmp_path / "ddp"
-    done, writes = torchrun(root, *VAE, f"eval.features.cache_dir={root / 'lenet_cache'}",
-                            f"hydra.run.dir={root / 'run'}", timeout=600)
-    run = root / "run"
-    check_only_rank_0_wrote(root, run, done, writes)
-    one, two = read_csv(tmp_path / "single" / "results.csv"), read_csv(run / "results.csv")
-    assert [r.keys() for r in one] == [r.keys() for r in two] and len(two) == 2
+    one, two, _ = single_and_ddp(tmp_path, cli, VAE)
     # generation 1: the same batches and draws, float rounding of the 2-rank gradient sum only
     # (measured: ~1e-7 relative in the VAE's losses, 1e-4 in the flow's NLL and the FID);
     # generation 2 trains on generation 1's slightly different samples (measured: 2e-3 in the KL)
@@ -152,17 +151,7 @@ LATENT_DIFFUSION = ["data=mnist5k", "model=latent_diffusion_tiny", "loop.generat
 def test_torchrun_latent_diffusion_run_trains_with_ddp_and_matches_one_process(tmp_path, cli):
     """Both stages train under DDP (each rank takes its half of every global batch, the same
     draws as one process) and the latent DDPM samples split across ranks."""
-    code, _, err = cli("run", *LATENT_DIFFUSION, f"eval.features.cache_dir={tmp_path / 'cache1'}",
-                       f"hydra.run.dir={tmp_path / 'single'}")
-    assert code == 0, err
-    root = tmp_path / "ddp"
-    done, writes = torchrun(root, *LATENT_DIFFUSION,
-                            f"eval.features.cache_dir={root / 'lenet_cache'}",
-                            f"hydra.run.dir={root / 'run'}", timeout=600)
-    run = root / "run"
-    check_only_rank_0_wrote(root, run, done, writes)
-    one, two = read_csv(tmp_path / "single" / "results.csv"), read_csv(run / "results.csv")
-    assert [r.keys() for r in one] == [r.keys() for r in two] and len(two) == 2
+    one, two, _ = single_and_ddp(tmp_path, cli, LATENT_DIFFUSION)
     # generation 1: float rounding of the 2-rank gradient sums only; generation 2 trains on
     # generation 1's slightly different samples
     for a, b, rel in zip(one, two, (1e-3, 1e-2)):
