@@ -132,7 +132,7 @@ def test_torchrun_vae_run_trains_with_ddp_and_matches_one_process(tmp_path, cli)
     # generation 2 trains on generation 1's slightly different samples (measured: 2e-3 in the KL)
     for a, b, rel in zip(one, two, (1e-3, 1e-2)):
         assert b["fit_steps"] == a["fit_steps"] == "8.0"
-        for key in ("fit_loss", "fit_loss_initial", "fit_reconstruction", "fit_kl",
+        for key in ("fit_neg_elbo", "fit_neg_elbo_initial", "fit_reconstruction", "fit_kl",
                     "fit_prior_nll", "fid"):
             assert float(b[key]) == pytest.approx(float(a[key]), rel=rel), key
 
