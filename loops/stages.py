@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 
@@ -33,6 +33,9 @@ WATERMARK_COLUMNS = (
            "pooled over every pixel", "dB", _MARKED),
     Column("n_marked_new", "samples the mark changed (fewer than the pooled samples when the "
            "marking skips samples that already carry the mark)", "count", _MARKED),
+    Column("wm_detect_rate", "fraction of the marked samples that the detector of the key they "
+           "were marked with flags at wm_alpha (with key_mode=generation: generation t's key)",
+           "fraction in [0, 1]", _MARKED, when="a detector is given (madmark run: always)"),
 )
 _POOL = "generation t's pool before the filter (the detector sees pixels; provenance measures it)"
 #: the columns :class:`FilterStage` writes, in order
@@ -59,15 +62,19 @@ class WatermarkStage:
     Attributes:
         mark: the marking callable (method and key per run or per generation).
         method: a name for the results row (``wm_method``).
+        detect: optional ``detect(t, x_w) -> flagged`` (N,) bool with the key generation t was
+            marked with; gives the column ``wm_detect_rate``.
     """
 
     mark: MarkFn
     method: str = "watermark"
+    detect: Optional[FlagFn] = None
 
     def __call__(self, t: int, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         """Marked copy of x (N, C, H, W) and the row columns ``wm_psnr`` (dB) and
         ``n_marked_new`` (samples the mark changed: fewer than N when the marking callable skips
-        samples that already carry the mark)."""
+        samples that already carry the mark), and with a ``detect`` callable ``wm_detect_rate``
+        (the fraction of the marked copy it flags; NaN for N = 0)."""
         if x.ndim != 4:
             raise LoopError(f"the watermark stage needs images (N, C, H, W), got shape "
                             f"{tuple(x.shape)}", "use image data (e.g. data=mnist5k) or watermark=none")
@@ -76,7 +83,11 @@ class WatermarkStage:
             raise LoopError(f"watermark method {self.method} returned shape {tuple(marked.shape)} "
                             f"for images {tuple(x.shape)}", "check the method's image-size limits")
         changed = int((marked != x).flatten(1).any(1).sum())
-        return marked, {"wm_psnr": pooled_psnr(marked, x), "n_marked_new": changed}
+        stats = {"wm_psnr": pooled_psnr(marked, x), "n_marked_new": changed}
+        if self.detect is not None:
+            flagged = self.detect(t, marked).bool()
+            stats["wm_detect_rate"] = float(flagged.double().mean()) if len(x) else math.nan
+        return marked, stats
 
 
 @dataclass

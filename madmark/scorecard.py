@@ -19,9 +19,14 @@ marked data (the watermark stage marks S_1 before it enters pool 2). The propert
    fully synthetic loops only, where the model saw marked data alone), and the weakest
    radioactivity, max_{t >= 2} ``radio_log10p`` (passes at <= −6, the issue's p <= 1e-6 when
    10 % of the pool is marked: ``loop=fresh_data_marked10``).
-4. quality: ``wm_psnr`` of generation 1's marking (passes at >= 34 dB on one-channel images, 38 dB
-   on RGB, from ``wm_image_shape``), and precision, recall and FID minus the control's at the last generation (± the spread
-   of that difference over seeds when the sweep has several).
+4. per-generation keys (``watermark.key_mode=generation`` only): every generation's marked samples
+   are found by their own key's detector, ``marked_detect_min`` = min_t ``wm_detect_rate``
+   (passes at >= 0.99), and the layers of all keys together stay flat: ``drift_all_keys`` is the
+   drift of ``artifact_energy_all_keys`` (eval.artifacts.stacked_layers) as in 2 (passes at
+   <= 0.2).
+5. quality: ``wm_psnr`` of generation 1's marking (passes at >= 34 dB on one-channel images, 38 dB
+   on RGB, from ``wm_image_shape``), and precision, recall and FID minus the control's at the
+   last generation (± the spread of that difference over seeds when the sweep has several).
 
 A property the runs cannot say (too few generations, no radioactivity column) is left empty, not
 passed; a marked run without a control twin, or without the idempotence columns (a run from before
@@ -38,8 +43,9 @@ from madmark.columns import declared
 from madmark.report import _cell, _number as report_number
 
 #: the results.csv columns the scorecard reads
-USED = declared(("generation", "family", "wm_image_shape", "idem_layers", "idem_psnr_db", "artifact_energy",
-                 "inherit_detect_rate", "radio_log10p", "wm_psnr", "precision", "recall", "fid"))
+USED = declared(("generation", "family", "wm_image_shape", "idem_layers", "idem_psnr_db",
+                 "artifact_energy", "artifact_energy_all_keys", "inherit_detect_rate",
+                 "radio_log10p", "wm_psnr", "wm_detect_rate", "precision", "recall", "fid"))
 IDEMPOTENT_LAYERS, IDEMPOTENT_DB = 0.05, 50.0
 MAX_DRIFT = 0.2
 MIN_DETECT, MAX_RADIO_LOG10P = 0.99, -6.0
@@ -47,8 +53,9 @@ MIN_PSNR = {1: 34.0, 3: 38.0}          # channels -> the quality floor of markin
 
 #: scorecard columns, in order
 HEADER = ("watermark", "model", "loop", "key_mode", "seeds", "idem_layers", "idem_psnr_db",
-          "energy_g2", "drift", "detect_min", "radio_log10p_max", "wm_psnr", "d_precision",
-          "d_recall", "d_fid", "passes", "fails")
+          "energy_g2", "drift", "detect_min", "radio_log10p_max", "marked_detect_min",
+          "drift_all_keys", "wm_psnr", "d_precision", "d_recall", "d_fid", "passes", "fails")
+_AVERAGED = HEADER[5:17]               # the per-pair numbers averaged over seeds
 #: scorecard.csv columns: HEADER, each difference from control followed by its spread over seeds
 CSV_COLUMNS = tuple(c for name in HEADER
                     for c in ((name, f"{name}_sd") if name.startswith("d_") else (name,)))
@@ -88,6 +95,17 @@ def _spread(values: list[float]) -> Optional[float]:
     return statistics.stdev(values) if len(values) > 1 else None
 
 
+def _drift(run, control, column: str) -> tuple[Optional[float], Optional[float]]:
+    """(Δ_2, max_{t >= 2} |Δ_t − Δ_2|) of Δ_t = column(t) − control's, None where the runs
+    cannot say (no column, or fewer than 3 generations)."""
+    energy, twin = _series(run, column), _series(control, column)
+    delta = {g: energy[g] - twin[g] for g in energy if g in twin}
+    later = [g for g in sorted(delta) if g >= 2]
+    drift = (max(abs(delta[g] - delta[2]) for g in later)
+             if 2 in delta and len(later) >= 2 else None)
+    return delta.get(2), drift
+
+
 def _pair_properties(run, control) -> dict[str, Any]:
     """The properties of one (marked run, control run) pair (module docstring)."""
     out: dict[str, Any] = {}
@@ -95,12 +113,10 @@ def _pair_properties(run, control) -> dict[str, Any]:
     out["idem_layers"] = _number(first.get("idem_layers"))
     out["idem_psnr_db"] = _number(first.get("idem_psnr_db"))
     out["wm_psnr"] = _series(run, "wm_psnr").get(1)
-    energy, twin = _series(run, "artifact_energy"), _series(control, "artifact_energy")
-    delta = {g: energy[g] - twin[g] for g in energy if g in twin}
-    later = [g for g in sorted(delta) if g >= 2]
-    out["energy_g2"] = delta.get(2)
-    out["drift"] = (max(abs(delta[g] - delta[2]) for g in later)
-                    if 2 in delta and len(later) >= 2 else None)
+    out["energy_g2"], out["drift"] = _drift(run, control, "artifact_energy")
+    out["drift_all_keys"] = _drift(run, control, "artifact_energy_all_keys")[1]
+    marked = _series(run, "wm_detect_rate")
+    out["marked_detect_min"] = min(marked.values(), default=None)
     detect = _series(run, "inherit_detect_rate")
     out["detect_min"] = min((detect[g] for g in detect if g >= 2), default=None)
     radio = _series(run, "radio_log10p")
@@ -113,7 +129,8 @@ def _pair_properties(run, control) -> dict[str, Any]:
 
 
 def _verdicts(row: dict[str, Any], channels: Optional[int]) -> tuple[list[str], list[str]]:
-    """(properties passed, properties failed), by number 1-4 (3a detection, 3b radioactivity)."""
+    """(properties passed, properties failed), by the issue's numbers 1-5 (3a detection, 3b
+    radioactivity; 4 only with per-generation keys)."""
     checks: dict[str, Optional[bool]] = {}
     layers, db = row.get("idem_layers"), row.get("idem_psnr_db")
     checks["1"] = None if layers is None or db is None else (
@@ -125,9 +142,13 @@ def _verdicts(row: dict[str, Any], channels: Optional[int]) -> tuple[list[str], 
     checks["3a"] = None if detect is None or not judged else detect >= MIN_DETECT
     radio = row.get("radio_log10p_max")
     checks["3b"] = None if radio is None else radio <= MAX_RADIO_LOG10P
+    if row.get("key_mode") == "generation":
+        found, stacked = row.get("marked_detect_min"), row.get("drift_all_keys")
+        checks["4"] = None if found is None or stacked is None else (
+            found >= MIN_DETECT and stacked <= MAX_DRIFT)
     floor = MIN_PSNR.get(channels) if channels else None
     psnr = row.get("wm_psnr")
-    checks["4"] = None if psnr is None or floor is None else psnr >= floor
+    checks["5"] = None if psnr is None or floor is None else psnr >= floor
     return ([k for k, v in checks.items() if v is True],
             [k for k, v in checks.items() if v is False])
 
@@ -157,7 +178,7 @@ def scorecard_rows(pairs: list[tuple[Any, Any]]) -> list[dict[str, Any]]:
         props = [_pair_properties(run, control) for run, control in pairs]
         row: dict[str, Any] = {"watermark": watermark, "model": model, "loop": loop,
                                "key_mode": key_mode, "seeds": len(pairs)}
-        for name in HEADER[5:15]:
+        for name in _AVERAGED:
             row[name] = _mean([p[name] for p in props])
         for name in ("d_precision", "d_recall", "d_fid"):
             row[f"{name}_sd"] = _spread([p[name] for p in props])

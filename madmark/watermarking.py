@@ -28,7 +28,7 @@ from typing import Optional
 import torch
 from omegaconf import DictConfig
 
-from eval.artifacts import ArtifactMeter, WatermarkProbe
+from eval.artifacts import ArtifactMeter, WatermarkProbe, stacked_layers
 from eval.idempotence import idempotence
 from madcore.columns import Column
 from madcore.errors import MadmarkError
@@ -56,6 +56,21 @@ SETTINGS_COLUMNS = (
            "the reference split"),
     Column("wm_image_shape", "the marked images' shape, channels x height x width (e.g. "
            "1x28x28)", "text", "the data source"),
+)
+
+
+_KEYS = ("S_t (unmarked samples) vs the reference split, on the probes' mean residuals r̄ of "
+         "the keys of generations 1..t−1 (eval.artifacts.stacked_layers)")
+#: the columns the artifact evaluator adds with ``key_mode: generation``, in order
+KEYS_COLUMNS = (
+    Column("artifact_energy_all_keys", "layers of every earlier generation's key that S_t carries, "
+           "summed: Σ_k β_k, the least-squares coefficients of S_t's mean deviation on the keys' "
+           "mean residuals jointly (they share a host-cancelling component, so per-key "
+           "projections would count it once per key)", "watermark layers", _KEYS),
+    Column("artifact_energy_all_keys_se", "two-sample standard error of "
+           "artifact_energy_all_keys", "watermark layers", _KEYS),
+    Column("artifact_keys", "keys of generations 1..t−1 (at least 1) the sum runs over",
+           "count", _KEYS),
 )
 
 
@@ -151,6 +166,11 @@ class RunWatermark:
             parts.append(marked)
         return torch.cat(parts)
 
+    def own_flags(self, t: int, x: torch.Tensor) -> torch.Tensor:
+        """bool (N,): the images x (N, C, H, W) that the detector of generation t's key flags at
+        ``alpha`` (for the watermark stage's ``wm_detect_rate``: are just-marked samples found?)."""
+        return self.detector(t).detect(x).flagged
+
     def p_values(self, t: int, x: torch.Tensor) -> torch.Tensor:
         """(N,) float64: p-value that each image carries a mark of a generation before t.
 
@@ -186,8 +206,7 @@ class RunWatermark:
         reference = reference.to(self.device)
         held_out = reference[: int(self.cfg.n_probe)]
 
-        def evaluate(t: int, samples: torch.Tensor, model) -> dict:
-            g = max(1, t - 1)
+        def meter(g: int) -> ArtifactMeter:
             i = self.key_index(g)
             if i not in meters:
                 probe = WatermarkProbe(lambda x: self.mark(g, x), probe_images,
@@ -196,7 +215,19 @@ class RunWatermark:
                 meters[i] = ArtifactMeter(probe, reference, self.detector(g), alpha=self.alpha,
                                           batch_size=self.batch_size)
                 twice[i] = idempotence(lambda x: self.mark(g, x), held_out, self.batch_size)
-            return {**meters[i](samples), **twice[i]}
+            return meters[i]
+
+        def evaluate(t: int, samples: torch.Tensor, model) -> dict:
+            g = max(1, t - 1)
+            row = {**meter(g)(samples), **twice[self.key_index(g)]}
+            if self.cfg.key_mode == "generation":
+                keys = range(1, g + 1)
+                residuals = torch.stack([meter(k).probe.residual_mean for k in keys])
+                stacked = stacked_layers(residuals, samples, reference, self.batch_size)
+                row.update({"artifact_energy_all_keys": stacked["total"],
+                            "artifact_energy_all_keys_se": stacked["total_se"],
+                            "artifact_keys": len(keys)})
+            return row
 
         return evaluate
 

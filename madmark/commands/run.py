@@ -226,7 +226,7 @@ def attach_watermark(cfg: DictConfig, engine: LoopEngine, run_wm: RunWatermark |
                                "add watermark=spread_spectrum (or another method), or filter=none")
         return
     if run_wm.marks:
-        engine.watermark = WatermarkStage(run_wm.mark, run_wm.method_name)
+        engine.watermark = WatermarkStage(run_wm.mark, run_wm.method_name, detect=run_wm.own_flags)
     settings = run_wm.settings()
     engine.evaluators.append(lambda t, samples, model: dict(settings))
     if filtering:

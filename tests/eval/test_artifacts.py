@@ -8,7 +8,7 @@ import pytest
 import scipy.fft
 import torch
 
-from eval.artifacts import (COLUMNS, ArtifactMeter, WatermarkProbe, add_growth,
+from eval.artifacts import (COLUMNS, ArtifactMeter, WatermarkProbe, add_growth, stacked_layers,
                             growth_baseline, inheritance)
 
 
@@ -74,6 +74,28 @@ def _dct_basis(h, w, freqs):
     for u, v, a in freqs:
         coef[u, v] = a
     return torch.from_numpy(scipy.fft.idctn(coef, norm="ortho"))
+
+
+def test_stacked_layers_recover_the_coefficients_of_correlated_residuals():
+    """Residuals sharing a common component (cosine 0.5): images shifted by a·r1 + b·r2 give
+    layers (a, b) and total a + b exactly; projecting on each key alone would not."""
+    g = torch.Generator().manual_seed(0)
+    common, u1, u2 = (torch.randn(1, 8, 8, generator=g, dtype=torch.float64) for _ in range(3))
+    r = torch.stack([common + u1, common + u2]) * 0.01                   # (2, 1, 8, 8)
+    reference = torch.rand(400, 1, 8, 8, generator=g, dtype=torch.float64)
+    shifted = reference + 0.7 * r[0] + 1.5 * r[1]
+    out = stacked_layers(r, shifted, reference)
+    torch.testing.assert_close(out["layers"], torch.tensor([0.7, 1.5], dtype=torch.float64))
+    assert out["total"] == pytest.approx(2.2)
+    r_flat = r.flatten(1)
+    delta = (0.7 * r[0] + 1.5 * r[1]).flatten()
+    naive = float(sum(delta @ v / (v @ v) for v in r_flat))
+    assert abs(naive - 2.2) > 0.5                       # the per-key sum double-counts `common`
+    # the standard error is the two-sample one of the projections on w = Rᵀ(RRᵀ)⁻¹1
+    w = torch.linalg.solve(r_flat @ r_flat.T, r_flat).T.sum(1)
+    z_ref = (reference.flatten(1) - reference.flatten(1).mean(0)) @ w
+    assert out["total_se"] == pytest.approx(math.sqrt(2 * float(z_ref.var()) / 400))
+    assert math.isnan(stacked_layers(r, shifted[:1], reference)["total_se"])
 
 
 def test_band_of_a_single_frequency_is_that_frequency():

@@ -79,6 +79,20 @@ def test_filter_stage_without_synthetic_reports_nan_tpr():
     assert math.isnan(stats["filter_tpr"]) and stats["filter_real_dropped"] == 0
 
 
+def test_watermark_stage_with_a_detector_reports_the_share_of_marked_samples_it_flags():
+    x = torch.full((8, *SHAPE), 0.5)
+    seen = []
+
+    def detect(t, x_w):
+        seen.append((t, x_w.clone()))
+        return torch.arange(len(x_w)) < 6                  # 6 of 8 found
+
+    marked, stats = WatermarkStage(mark, "toy", detect=detect)(3, x)
+    assert tuple(stats) == names(WATERMARK_COLUMNS)
+    assert stats["wm_detect_rate"] == 0.75
+    assert seen[0][0] == 3 and torch.equal(seen[0][1], marked)    # the marked copy, generation t
+
+
 def test_filter_leaving_too_few_samples_is_a_clear_error():
     x = torch.ones(8, *SHAPE)
     with pytest.raises(LoopError, match="too few to fit") as err:
@@ -93,7 +107,7 @@ def test_watermark_stage_marks_and_reports_psnr():
     assert stats["n_marked_new"] == 6
     assert stats["wm_psnr"] == pytest.approx(pooled_psnr(marked, x))
     assert stats["wm_psnr"] == pytest.approx(-10 * math.log10(0.25 / 16))
-    assert tuple(stats) == names(WATERMARK_COLUMNS)             # exactly what it declares
+    assert tuple(stats) == names(WATERMARK_COLUMNS)[:2]         # no detector: no detect rate
     with pytest.raises(LoopError, match="needs images"):
         WatermarkStage(mark)(1, torch.zeros(3, 5))
 
@@ -104,7 +118,7 @@ def test_engine_marks_pooled_samples_and_filter_catches_them(tmp_path):
     # (no evaluators here) the watermark stage's — each exactly as declared
     assert tuple(rows[0]) == (*names(engine_module.COLUMNS), *names(pool_module.COLUMNS),
                               *names(FILTER_COLUMNS), *names(FlatGaussian.fit_columns),
-                              *names(WATERMARK_COLUMNS))
+                              *names(WATERMARK_COLUMNS)[:2])
     ckpt = Checkpoints(tmp_path)
     for t in (1, 2, 3):
         record = ckpt.load(t)

@@ -174,3 +174,25 @@ def test_per_generation_keys_mark_detect_and_filter(cli, tmp_path):
     own = wm.detector(2).detect(pooled).flagged.float().mean()
     other = wm.detector(1).detect(pooled).flagged.float().mean()
     assert own > 0.95 and other < 0.1            # generation 2's samples carry key 2, not key 1
+
+
+def test_generation_keys_columns_count_the_layers_of_every_earlier_key():
+    """artifact_energy_all_keys at generation 3 (keys 1 and 2): ~1 layer for digits marked with
+    key 2 alone, ~0 for clean held-out digits, more than one for digits marked with key 1 and
+    then key 2 (less than two: key 2's informed embedding cancels part of key 1's layer)."""
+    cfg = OmegaConf.merge(OmegaConf.load("configs/watermark/base.yaml"),
+                          {"method": "spread_spectrum_aware", "key_mode": "generation"})
+    digits = MNIST5k(seed=0).load()
+    reference, held_out = digits.reference[:500], digits.reference[500:]
+    wm = RunWatermark(cfg, 0, (1, 28, 28), reference, torch.device("cpu"))
+    evaluate = wm.artifact_evaluator(digits.train, reference)
+    key2 = wm.mark(2, held_out)
+    rows = {"clean": evaluate(3, held_out, None), "key2": evaluate(3, key2, None),
+            "both": evaluate(3, wm.mark(2, wm.mark(1, held_out)), None)}
+    assert all(r["artifact_keys"] == 2 for r in rows.values())
+    se = rows["clean"]["artifact_energy_all_keys_se"]
+    assert 0 < se < 0.15
+    assert abs(rows["clean"]["artifact_energy_all_keys"]) < 3 * se
+    assert rows["key2"]["artifact_energy_all_keys"] == pytest.approx(1.0, abs=3 * se)
+    assert 1.0 + 3 * se < rows["both"]["artifact_energy_all_keys"] < 2.0
+    assert evaluate(2, held_out, None)["artifact_keys"] == 1

@@ -25,13 +25,16 @@ RUNS = {
     "madmark.watermarking.RunWatermark.settings": lambda cfg: bool(cfg.watermark.enabled),
     "eval.artifacts.ArtifactMeter": lambda cfg: bool(cfg.watermark.enabled),
     "eval.idempotence.idempotence": lambda cfg: bool(cfg.watermark.enabled),
+    "madmark.watermarking.RunWatermark.artifact_evaluator":
+        lambda cfg: bool(cfg.watermark.enabled) and cfg.watermark.key_mode == "generation",
     "loops.stages.WatermarkStage":
         lambda cfg: bool(cfg.watermark.enabled) and bool(cfg.watermark.get("mark", True)),
     "eval.growth.add_growth": lambda cfg: bool(cfg.watermark.enabled),
 }
 #: a column's own condition (Column.when) -> does it hold
 WHEN = {"": lambda cfg: True, "eval.fid": lambda cfg: bool(cfg.eval.fid),
-        "eval.kid": lambda cfg: bool(cfg.eval.kid)}
+        "eval.kid": lambda cfg: bool(cfg.eval.kid),
+        "a detector is given (madmark run: always)": lambda cfg: True}
 
 
 def runs(producer, cfg) -> bool:
@@ -67,6 +70,8 @@ CONFIGS = {
     "watermark_filter_augmentation": [*TINY, "loop.generations=2", "watermark=spread_spectrum",
                                       "filter=detector", "loop=synthetic_augmentation"],
     "control": [*TINY, "loop.generations=2", "watermark=spread_spectrum", "arm=control"],
+    "watermark_generation_keys": [*TINY, "loop.generations=3", "watermark=spread_spectrum_aware",
+                                  "watermark.key_mode=generation"],
     "vae": [*(o for o in TINY if not o.startswith("model.")), "loop.generations=1", "model=vae_tiny", "model.epochs=1",
             "model.prior_steps=20"],
     "latent_diffusion": [*(o for o in TINY if not o.startswith("model.")), "loop.generations=1",

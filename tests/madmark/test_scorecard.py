@@ -40,10 +40,11 @@ def test_properties_are_computed_from_the_marked_run_and_its_control(tmp_path):
     assert ss["energy_g2"] == pytest.approx(1.0) and ss["drift"] == pytest.approx(2.0)
     assert ss["detect_min"] == 1.0 and ss["radio_log10p_max"] == -9.0
     assert ss["d_recall"] == pytest.approx(-0.2) and ss["d_fid"] == 0
-    assert ss["passes"] == "3a 3b 4" and ss["fails"] == "1 2"
+    assert ss["passes"] == "3a 3b 5" and ss["fails"] == "1 2"
     assert aware["drift"] == pytest.approx(0.05) and aware["energy_g2"] == pytest.approx(1.0)
     assert aware["detect_min"] == 0.98 and aware["radio_log10p_max"] == -5.0
-    assert aware["passes"] == "1 2 4" and aware["fails"] == "3a 3b"
+    assert aware["passes"] == "1 2 5" and aware["fails"] == "3a 3b"
+    assert aware["drift_all_keys"] is None and aware["marked_detect_min"] is None
 
 
 def test_seeds_are_averaged_with_their_spread(tmp_path):
@@ -71,7 +72,31 @@ def test_the_rgb_quality_floor_is_38_db(tmp_path):
     fake_run(tmp_path, "0", ["arm=control"], [0, 0], shape="3x256x256")
     fake_run(tmp_path, "1", ["arm=watermark"], [0, 1], psnr=36.0, shape="3x256x256")
     (row,) = scorecard_rows(control_pairs(load_sweep(tmp_path)))
-    assert "4" in row["fails"].split()
+    assert "5" in row["fails"].split()
+
+
+def test_per_generation_keys_are_judged_on_every_key_found_and_all_keys_flat(tmp_path):
+    """Property 4: each generation's marks found by its own key (wm_detect_rate), and the layers
+    of all keys together (artifact_energy_all_keys) within 0.2 of generation 2's."""
+    def keys_run(job, arm, all_keys, found):
+        fake_run(tmp_path / job[0], job[1], ["watermark.key_mode=generation", f"arm={arm}"],
+                 [0, 1, 1, 1])
+        path = tmp_path / job[0] / job[1] / "results.csv"
+        rows = read_csv(path)
+        for row, e, d in zip(rows, all_keys, found):
+            row.update(artifact_energy_all_keys=e, wm_detect_rate=d)
+        path.write_text(rows_to_csv(rows))
+
+    keys_run(("flat", "0"), "control", [0, 0, 0, 0], [None] * 4)
+    keys_run(("flat", "1"), "watermark", [0, 1, 1.1, 1.15], [1.0, 1.0, 0.995, 1.0])
+    keys_run(("stacks", "0"), "control", [0, 0, 0, 0], [None] * 4)
+    keys_run(("stacks", "1"), "watermark", [0, 1, 1.7, 2.2], [1.0, 1.0, 1.0, 1.0])
+    (flat,) = scorecard_rows(control_pairs(load_sweep(tmp_path / "flat")))
+    (stacks,) = scorecard_rows(control_pairs(load_sweep(tmp_path / "stacks")))
+    assert flat["key_mode"] == "generation"
+    assert flat["drift_all_keys"] == pytest.approx(0.15) and flat["marked_detect_min"] == 0.995
+    assert "4" in flat["passes"].split()
+    assert stacks["drift_all_keys"] == pytest.approx(1.2) and "4" in stacks["fails"].split()
 
 
 def test_too_few_generations_judge_nothing_about_accumulation(tmp_path):
