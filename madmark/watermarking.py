@@ -32,6 +32,7 @@ from eval.artifacts import ArtifactMeter, WatermarkProbe, stacked_layers
 from eval.idempotence import idempotence
 from madcore.columns import Column
 from madcore.errors import MadmarkError
+from madcore.quality import pooled_psnr
 from madmark.methods import build_method, secret_key
 from watermark import Detector, SecretKey
 from watermark.base import Watermarker
@@ -50,6 +51,8 @@ SETTINGS_COLUMNS = (
     Column("wm_key", "where the key comes from: file, or the seed (an experiment key, not "
            "secret)", "text", _CFG),
     Column("wm_key_mode", "run (one key) or generation (a key per generation)", "text", _CFG),
+    Column("wm_key_fingerprint", "first 8 hex digits of SHA-256(SHA-256(run key)): names the key "
+           "without disclosing it (a resumed run must mark with the same key)", "text", _CFG),
     Column("wm_skip_detected", "whether samples the detector already flags are left unmarked",
            "boolean (True/False)", _CFG),
     Column("wm_n_calibration", "reference images the detectors are calibrated on", "count",
@@ -117,6 +120,33 @@ class RunWatermark:
         self.marks = bool(cfg.get("mark", True))   # false: measure only (the control arm)
         self.skip_detected = bool(cfg.get("skip_detected", False))
         self.num_bits = self.method(1).num_bits
+        if cfg.get("min_psnr_db") is not None:
+            self.check_psnr_floor(float(cfg.min_psnr_db))
+
+    def check_psnr_floor(self, floor: float) -> None:
+        """Refuse (MadmarkError) a method and strength whose marking of the calibration images'
+        first ``n_probe`` (generation 1's key) has a pooled PSNR below ``floor`` dB."""
+        real = self._calibration[: int(self.cfg.n_probe)].to(self.device)
+        with torch.no_grad():
+            psnr = pooled_psnr(self.mark(1, real), real)
+        if psnr < floor:
+            needed = float(self.cfg.strength) * 10 ** ((psnr - floor) / 20)
+            raise MadmarkError(
+                f"watermark={self.method_name} at strength {self.cfg.strength} marks the "
+                f"reference images at {psnr:.1f} dB, below watermark.min_psnr_db={floor:g}",
+                f"lower watermark.strength (about {needed:.3g} reaches it for additive marks; "
+                "learned cards ignore strength: choose another method) or lower min_psnr_db")
+
+    def check_same_key(self, recorded: dict) -> None:
+        """Refuse (MadmarkError) to continue a run whose finished generations were marked with
+        another key: ``recorded`` is a finished generation's row (``wm_key_fingerprint``)."""
+        before = recorded.get("wm_key_fingerprint")
+        if before is not None and str(before) != self._key.fingerprint:
+            raise MadmarkError(
+                f"this run's generations were marked with key {before} but the key now given "
+                f"is {self._key.fingerprint} (fingerprints)",
+                "resume with the key file the run started with (watermark.key_file), or start "
+                "a new run")
 
     # -- keys and methods --------------------------------------------------------------------
     def key_index(self, t: int) -> int:
@@ -237,6 +267,7 @@ class RunWatermark:
         return {"wm_method": self.method_name, "wm_marks": self.marks, "wm_bits": self.num_bits,
                 "wm_alpha": self.alpha,
                 "wm_key": self.key_source, "wm_key_mode": str(self.cfg.key_mode),
+                "wm_key_fingerprint": self._key.fingerprint,
                 "wm_skip_detected": self.skip_detected,
                 "wm_n_calibration": len(self._calibration),
                 "wm_image_shape": "x".join(str(s) for s in self._shape)}

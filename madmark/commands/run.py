@@ -268,6 +268,9 @@ def _run(cfg: DictConfig, run: RunDir, device: torch.device) -> list[dict]:
     with dist.main_first():
         run_wm = build_run_watermark(cfg, splits.sample_shape, splits.reference, device)
     attach_watermark(cfg, engine, run_wm)
+    finished = run.checkpoints.finished()
+    if run_wm is not None and finished:
+        run_wm.check_same_key(run.checkpoints.load(finished[-1], map_location="cpu")["row"])
     if run_wm is not None:
         engine.evaluators.append(run_wm.artifact_evaluator(splits.train, splits.reference))
 

@@ -117,6 +117,60 @@ def test_a_bad_key_file_is_one_line_and_leaves_no_directory(cli, tmp_path, conte
     assert not (tmp_path / "outputs").exists()
 
 
+MNIST = ["loop.n_real=300", "model.n_components=16", "model.gmm_components=4",
+         "eval.enabled=false", "progress=false", "samples_grid=0", "watermark.n_probe=64"]
+
+
+def test_resuming_with_a_key_that_did_not_mark_the_run_is_refused_and_changes_nothing(
+        cli, tmp_path, monkeypatch):
+    """The key file was rewritten between the killed run and its resume: marking on with the new
+    key would leave later generations with other marks than the finished ones."""
+    key, run = tmp_path / "key.txt", tmp_path / "run"
+    key.write_text("the-key-the-run-started-with")
+    monkeypatch.setenv("MADMARK_KILL_AT", "after-checkpoint@1")
+    killed = madmark_subprocess("run", *MNIST, "loop.generations=2", "watermark=spread_spectrum",
+                                f"watermark.key_file={key}", f"hydra.run.dir={run}")
+    monkeypatch.delenv("MADMARK_KILL_AT")
+    assert killed.returncode != 0 and (run / "state" / "g0001.pt").exists()
+    recorded = Checkpoints(run / "state").load(1)["row"]["wm_key_fingerprint"]
+    assert recorded == secret_key("", str(key)).fingerprint
+    key.write_text("another-key")
+    before = files_of(run / "state")
+    code, _, err = cli("run", f"resume={run}", "progress=false")
+    line = one_line(err)
+    assert code == 2 and recorded in line and secret_key("", str(key)).fingerprint in line
+    assert "watermark.key_file" in line and "another-key" not in err
+    assert files_of(run / "state") == before
+    key.write_text("the-key-the-run-started-with")
+    code, _, err = cli("run", f"resume={run}", "progress=false")
+    assert code == 0, err
+
+
+def test_a_strength_below_the_psnr_floor_is_refused_with_the_strength_that_reaches_it(cli,
+                                                                                     tmp_path):
+    code, _, err = cli("run", *MNIST, "loop.generations=1", "watermark=spread_spectrum",
+                       "watermark.strength=0.05", "watermark.min_psnr_db=34")
+    line = one_line(err)
+    assert code == 2 and "below watermark.min_psnr_db=34" in line and "lower watermark.strength" in line
+    assert not (tmp_path / "outputs").exists()
+    suggested = float(line.split("(about ")[1].split()[0])
+    assert 0.01 < suggested < 0.025                     # ~0.05 · 10^((26 − 34)/20) ≈ 0.02
+    code, _, err = cli("run", *MNIST, "loop.generations=1", "watermark=spread_spectrum",
+                       f"watermark.strength={suggested * 0.95:.4f}", "watermark.min_psnr_db=34")
+    assert code == 0, err
+
+
+@pytest.mark.parametrize("override", ["data=digits", "data=gaussian"], ids=["8x8", "vectors"])
+def test_the_aware_mark_on_data_it_cannot_mark_is_one_line_and_creates_nothing(cli, tmp_path,
+                                                                               override):
+    args = DIGITS if override == "data=digits" else ["data=gaussian", "model=gaussian"]
+    code, _, err = cli("run", *args, override, "loop.generations=1",
+                       "watermark=spread_spectrum_aware")
+    line = one_line(err)
+    assert code == 2 and ("work_size 8" in line or "needs image data" in line)
+    assert not (tmp_path / "outputs").exists()
+
+
 def test_an_unreadable_key_file_is_one_line(cli, tmp_path):
     code, _, err = key_run(cli, tmp_path)                                 # a folder
     assert code == 2 and "is not a regular file" in one_line(err)
