@@ -34,7 +34,7 @@ WATERMARK_COLUMNS = (
     Column("n_marked_new", "samples the mark changed (fewer than the pooled samples when the "
            "marking skips samples that already carry the mark)", "count", _MARKED),
     Column("wm_detect_rate", "fraction of the marked samples that the detector of the key they "
-           "were marked with flags at wm_alpha (with key_mode=generation: generation t's key)",
+           "were marked with flags at wm_alpha (with a key per generation: generation t's)",
            "fraction in [0, 1]", _MARKED, when="a detector is given (madmark run: always)"),
 )
 _POOL = "generation t's pool before the filter (the detector sees pixels; provenance measures it)"

@@ -54,7 +54,7 @@ PRODUCERS: tuple[Producer, ...] = (
     Producer("eval.artifacts.ArtifactMeter", _WATERMARK, eval.artifacts.COLUMNS),
     Producer("eval.idempotence.idempotence", _WATERMARK, eval.idempotence.COLUMNS),
     Producer("madmark.watermarking.RunWatermark.artifact_evaluator",
-             "runs with a watermark and `watermark.key_mode=generation`",
+             "runs with a watermark and a key per generation (`watermark.key_mode=generation` or `message`)",
              madmark.watermarking.KEYS_COLUMNS),
     Producer("loops.stages.WatermarkStage",
              "runs with a watermark that marks (`watermark=<method>`, but not `arm=control`)",

@@ -11,8 +11,8 @@ trained on clean data is sampled too (default: generation 1 of the same run, tra
 only; or ``clean_run``, e.g. the control arm of the same experiment): its bit accuracy and a Welch
 test against it are reported, not used to decide (models drift: see eval/radioactivity.py).
 
-Which key. In ``key_mode: run`` the run key. In ``key_mode: generation`` the key of generation
-T − 1, the marks in the tested model's most recent training data.
+Which key. In ``key_mode: run`` the run key. In ``key_mode: generation`` (or ``message``) the key
+(message) of generation T − 1, the marks in the tested model's most recent training data.
 """
 from __future__ import annotations
 
@@ -40,6 +40,7 @@ class LoadedModel:
     generation: int
     sample_shape: tuple[int, ...]
     cfg: DictConfig
+    row: dict            # the generation's results row (its checkpoint's)
 
 
 def resolve_run(path: str | Path) -> tuple[RunDir, Optional[int]]:
@@ -81,7 +82,7 @@ def load_model(run: RunDir, generation: Optional[int], device: torch.device) -> 
         raise MadmarkError(f"checkpoint {run.checkpoints.path(t)} does not hold a model of the "
                            f"run's config ({type(error).__name__})",
                            f"recompute generation {t} with: {resume_command(run, t)}") from None
-    return LoadedModel(model, t, tuple(record["samples"].shape[1:]), cfg)
+    return LoadedModel(model, t, tuple(record["samples"].shape[1:]), cfg, dict(record["row"]))
 
 
 def draw(loaded: LoadedModel, n: int, seed: int, device: torch.device) -> torch.Tensor:
@@ -100,7 +101,7 @@ def draw(loaded: LoadedModel, n: int, seed: int, device: torch.device) -> torch.
 
 def radioactivity(run_dir: str | Path, generation: Optional[int] = None, n: int = 2000,
                   clean_run: Optional[str | Path] = None, clean_generation: int = 1,
-                  alpha: float = 0.01, key_file: str = "", seed: int = 0,
+                  alpha: float = 0.01, key_file: str = "", other_key: bool = False, seed: int = 0,
                   device: str | torch.device = "cpu") -> tuple[RadioactivityResult, dict]:
     """Test the model of ``generation`` of ``run_dir`` for the run's watermark key.
 
@@ -111,6 +112,8 @@ def radioactivity(run_dir: str | Path, generation: Optional[int] = None, n: int 
         clean_run / clean_generation: the clean model (default: generation 1 of the same run).
         alpha: false-positive rate of the decision.
         key_file: the key file when the run used one and it has moved (default: the recorded path).
+        other_key: test ``key_file`` even when it is not the key the run marked with (a control);
+            otherwise such a key is refused.
         seed: seed of the sampling streams.
     Returns:
         the test result and a dict describing what was tested (no key material).
@@ -144,6 +147,8 @@ def radioactivity(run_dir: str | Path, generation: Optional[int] = None, n: int 
     except (OSError, ValueError) as e:
         raise MadmarkError(f"cannot rebuild the run's watermark: {str(e).splitlines()[0]}",
                            "pass key_file=<the run's key file>") from e
+    if not other_key and tested.row.get("wm_marks") in (True, "True"):   # a control marks nothing
+        run_wm.check_same_key(tested.row, "pass key_file=<the key file the run marked with>")
     key_generation = max(1, tested.generation - 1)
     method, message = run_wm.method(key_generation), run_wm.message(key_generation).bool()
 
@@ -159,6 +164,6 @@ def radioactivity(run_dir: str | Path, generation: Optional[int] = None, n: int 
     info = {"run": str(run.path), "generation": tested.generation,
             "clean_run": str(clean_dir.path), "clean_generation": clean.generation,
             "wm_method": run_wm.method_name, "wm_key": run_wm.key_source,
-            "key_of_generation": key_generation if wm_cfg.key_mode == "generation" else "run",
+            "key_of_generation": key_generation if wm_cfg.key_mode != "run" else "run",
             "n": n, "seed": seed}
     return result, info

@@ -19,7 +19,7 @@ marked data (the watermark stage marks S_1 before it enters pool 2). The propert
    fully synthetic loops only, where the model saw marked data alone), and the weakest
    radioactivity, max_{t >= 2} ``radio_log10p`` (passes at <= −6, the issue's p <= 1e-6 when
    10 % of the pool is marked: ``loop=fresh_data_marked10``).
-4. per-generation keys (``watermark.key_mode=generation`` only): every generation's marked samples
+4. per-generation keys (``watermark.key_mode=generation`` or ``message`` only): every generation's marked samples
    are found by their own key's detector, ``marked_detect_min`` = min_t ``wm_detect_rate``
    (passes at >= 0.99), and the layers of all keys together stay flat: ``drift_all_keys`` is the
    drift of ``artifact_energy_all_keys`` (eval.artifacts.stacked_layers) as in 2 (passes at
@@ -142,7 +142,7 @@ def _verdicts(row: dict[str, Any], channels: Optional[int]) -> tuple[list[str], 
     checks["3a"] = None if detect is None or not judged else detect >= MIN_DETECT
     radio = row.get("radio_log10p_max")
     checks["3b"] = None if radio is None else radio <= MAX_RADIO_LOG10P
-    if row.get("key_mode") == "generation":
+    if row.get("key_mode") in ("generation", "message"):
         found, stacked = row.get("marked_detect_min"), row.get("drift_all_keys")
         checks["4"] = None if found is None or stacked is None else (
             found >= MIN_DETECT and stacked <= MAX_DRIFT)

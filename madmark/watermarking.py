@@ -7,8 +7,16 @@ Keys. ``watermark.key_file`` names a file holding the secret; only its path is r
 it the run uses an *experiment key* derived from the run seed: reproducible, and explicitly not
 secret (anyone with the config can rebuild it) — fine for measuring autophagy, wrong for marking
 data you publish. With ``key_mode: generation`` each generation t marks with its own key derived
-from the run key and t; the filter then tests every key used so far and flags a sample when the
-smallest p-value, Bonferroni-corrected for the number of keys, is at most α.
+from the run key and t (its own carriers and message); with ``key_mode: message`` every
+generation keeps the run key's carriers and marks its own message, derived the same way. In both
+the filter tests every key used so far and flags a sample when the smallest p-value,
+Bonferroni-corrected for the number of keys, is at most α.
+
+Why two per-generation modes. New carriers are orthogonal to everything an image carries, so even
+an idempotent embedder adds a full layer for each new key while the model reproduces the older
+ones: the layers of all keys stack (``artifact_energy_all_keys``). A new message on the same
+carriers only flips the bits in which it differs from what the image carries, so an embedder that
+tops bits up to a fixed target (``spread_spectrum_aware``) keeps one layer in total.
 
 Detectors are calibrated on the held-out real reference split (never trained on), so their
 p-values account for the decoder's measured bit bias and correlation on this data.
@@ -37,7 +45,8 @@ from madmark.methods import build_method, secret_key
 from watermark import Detector, SecretKey
 from watermark.base import Watermarker
 
-KEY_MODES = ("run", "generation")
+KEY_MODES = ("run", "generation", "message")
+PER_GENERATION = ("generation", "message")    # the modes with a key (a message) per generation
 
 _CFG = "the run's watermark config (constant over a run)"
 #: the columns of :meth:`RunWatermark.settings`, in order
@@ -50,7 +59,8 @@ SETTINGS_COLUMNS = (
            "fraction in (0, 1)", _CFG),
     Column("wm_key", "where the key comes from: file, or the seed (an experiment key, not "
            "secret)", "text", _CFG),
-    Column("wm_key_mode", "run (one key) or generation (a key per generation)", "text", _CFG),
+    Column("wm_key_mode", "run (one key), generation (a key per generation) or message (the run "
+           "key's carriers, a message per generation)", "text", _CFG),
     Column("wm_key_fingerprint", "first 8 hex digits of SHA-256(SHA-256(run key)): names the key "
            "without disclosing it (a resumed run must mark with the same key)", "text", _CFG),
     Column("wm_skip_detected", "whether samples the detector already flags are left unmarked",
@@ -64,7 +74,7 @@ SETTINGS_COLUMNS = (
 
 _KEYS = ("S_t (unmarked samples) vs the reference split, on the probes' mean residuals r̄ of "
          "the keys of generations 1..t−1 (eval.artifacts.stacked_layers)")
-#: the columns the artifact evaluator adds with ``key_mode: generation``, in order
+#: the columns the artifact evaluator adds with a key per generation (generation, message modes)
 KEYS_COLUMNS = (
     Column("artifact_energy_all_keys", "layers of every earlier generation's key that S_t carries, "
            "summed: Σ_k β_k, the least-squares coefficients of S_t's mean deviation on the keys' "
@@ -102,7 +112,8 @@ class RunWatermark:
                                "use image data (e.g. data=mnist5k) or watermark=none")
         if cfg.key_mode not in KEY_MODES:
             raise MadmarkError(f"watermark.key_mode={cfg.key_mode} is not one of "
-                               f"{', '.join(KEY_MODES)}", "set watermark.key_mode=run or generation")
+                               f"{', '.join(KEY_MODES)}",
+                               "set watermark.key_mode=run, generation or message")
         if not 0 < float(cfg.alpha) < 1:
             raise MadmarkError(f"watermark.alpha={cfg.alpha} is outside (0, 1)",
                                "set watermark.alpha to a false-positive rate such as 0.01")
@@ -120,7 +131,7 @@ class RunWatermark:
         self.marks = bool(cfg.get("mark", True))   # false: measure only (the control arm)
         self.skip_detected = bool(cfg.get("skip_detected", False))
         self.num_bits = self.method(1).num_bits
-        if cfg.get("min_psnr_db") is not None:
+        if cfg.get("min_psnr_db") is not None and len(self._calibration):
             self.check_psnr_floor(float(cfg.min_psnr_db))
 
     def check_psnr_floor(self, floor: float) -> None:
@@ -137,32 +148,36 @@ class RunWatermark:
                 f"lower watermark.strength (about {needed:.3g} reaches it for additive marks; "
                 "learned cards ignore strength: choose another method) or lower min_psnr_db")
 
-    def check_same_key(self, recorded: dict) -> None:
-        """Refuse (MadmarkError) to continue a run whose finished generations were marked with
-        another key: ``recorded`` is a finished generation's row (``wm_key_fingerprint``)."""
+    def check_same_key(self, recorded: dict, fix: str = "resume with the key file the run "
+                       "started with (watermark.key_file), or start a new run") -> None:
+        """Refuse (MadmarkError, with ``fix``) a key other than the one a run's finished
+        generations were marked with: ``recorded`` is one of their rows (``wm_key_fingerprint``;
+        rows from before that column pass)."""
         before = recorded.get("wm_key_fingerprint")
         if before is not None and str(before) != self._key.fingerprint:
             raise MadmarkError(
                 f"this run's generations were marked with key {before} but the key now given "
-                f"is {self._key.fingerprint} (fingerprints)",
-                "resume with the key file the run started with (watermark.key_file), or start "
-                "a new run")
+                f"is {self._key.fingerprint} (fingerprints)", fix)
 
     # -- keys and methods --------------------------------------------------------------------
     def key_index(self, t: int) -> int:
-        """The key used to mark generation t's samples (1 for every t in run mode)."""
+        """The key (message) used to mark generation t's samples (1 for every t in run mode)."""
         return 1 if self.cfg.key_mode == "run" else int(t)
 
     def key(self, t: int) -> SecretKey:
+        """Generation t's key: its message's source (and its carriers' in generation mode)."""
         if self.cfg.key_mode == "run":
             return self._key
         return SecretKey(self._key.derive(f"loop/generation/{int(t)}", 32))
 
     def method(self, t: int) -> Watermarker:
-        i = self.key_index(t)
+        """The method marking generation t: built with the run key in run and message modes
+        (one carrier set), with generation t's key in generation mode."""
+        i = self.key_index(t) if self.cfg.key_mode == "generation" else 1
         if i not in self._methods:
             _, h, w = self._shape
-            method = build_method(self.method_name, self.key(t), h, w, int(self.cfg.bits),
+            carriers = self.key(t) if self.cfg.key_mode == "generation" else self._key
+            method = build_method(self.method_name, carriers, h, w, int(self.cfg.bits),
                                   float(self.cfg.strength), self.cfg.get("build"))
             if hasattr(method, "to"):
                 method.to(self.device)
@@ -204,10 +219,11 @@ class RunWatermark:
     def p_values(self, t: int, x: torch.Tensor) -> torch.Tensor:
         """(N,) float64: p-value that each image carries a mark of a generation before t.
 
-        Run mode: the calibrated p-value of the run key. Generation mode: the smallest p-value over
-        the keys of generations 1..max(1, t − 1), times their number (Bonferroni), capped at 1.
+        Run mode: the calibrated p-value of the run key. Generation and message modes: the
+        smallest p-value over the keys of generations 1..max(1, t − 1), times their number
+        (Bonferroni), capped at 1.
         """
-        keys = range(1, max(1, t - 1) + 1) if self.cfg.key_mode == "generation" else [1]
+        keys = range(1, max(1, t - 1) + 1) if self.cfg.key_mode in PER_GENERATION else [1]
         p = torch.stack([self.detector(g).detect(x).p_value for g in keys])
         return (p.min(0).values * len(keys)).clamp(max=1.0)
 
@@ -250,7 +266,7 @@ class RunWatermark:
         def evaluate(t: int, samples: torch.Tensor, model) -> dict:
             g = max(1, t - 1)
             row = {**meter(g)(samples), **twice[self.key_index(g)]}
-            if self.cfg.key_mode == "generation":
+            if self.cfg.key_mode in PER_GENERATION:
                 keys = range(1, g + 1)
                 residuals = torch.stack([meter(k).probe.residual_mean for k in keys])
                 stacked = stacked_layers(residuals, samples, reference, self.batch_size)

@@ -55,6 +55,7 @@ class RadioactivityOptions:
     clean_run: str = ""
     clean_generation: int = 1
     key_file: str = ""
+    other_key: bool = False      # true: test key_file although the run marked with another key
     seed: int = 0
     device: str = "cpu"
     out: str = ""

@@ -1,12 +1,14 @@
 """``madmark radioactivity <run_dir | run_dir/state/g<t>.pt> [generation= n=2000 alpha=0.01
-clean_run= clean_generation=1 key_file= seed=0 device=cpu out=]``
+clean_run= clean_generation=1 key_file= other_key=false seed=0 device=cpu out=]``
 
 Tests whether the generative model of a run's generation was trained on data marked with the run's
 watermark key: the matched bits of M of its samples against the key's message, by the exact
 message sign-flip test (eval/radioactivity.py). M samples of a model trained on clean data (default:
 generation 1 of the same run) are reported beside it for comparison. Writes a JSON record
 (default ``<run_dir>/radioactivity/g<t>_n<M>.json``; an existing file is never overwritten) and
-prints one line. No key material is written.
+prints one line. No key material is written. A ``key_file`` holding another key than the one the
+run marked with is refused (the fingerprints differ); ``other_key=true`` tests it anyway (a control:
+a key the model never saw should not be flagged).
 """
 from __future__ import annotations
 
@@ -37,6 +39,7 @@ def main(args: list[str]) -> int:
                                      n=opts["n"], clean_run=opts["clean_run"] or None,
                                      clean_generation=opts["clean_generation"],
                                      alpha=opts["alpha"], key_file=opts["key_file"],
+                                     other_key=opts["other_key"],
                                      seed=opts["seed"], device=opts["device"])
         out = Path(opts["out"] or Path(info["run"]) / "radioactivity" /
                    f"g{info['generation']:04d}_n{opts['n']}_seed{opts['seed']}.json")

@@ -117,7 +117,11 @@ def test_secret_key_never_reaches_the_run_directory(cli, tmp_path):
     assert code == 0 and "FLAGGED" in out and SECRET not in out + err
     other = tmp_path / "other.txt"
     other.write_text("another key")
-    code, out, _ = cli("radioactivity", str(run), "n=500", f"key_file={other}", "seed=1")
+    code, _, err = cli("radioactivity", str(run), "n=500", f"key_file={other}", "seed=1")
+    assert code == 2 and "marked with key" in err and "pass key_file=" in err
+    assert not (run / "radioactivity" / "g0002_n500_seed1.json").exists()
+    code, out, _ = cli("radioactivity", str(run), "n=500", f"key_file={other}", "seed=1",
+                       "other_key=true")
     assert code == 0 and "not flagged" in out
 
 
@@ -196,3 +200,22 @@ def test_generation_keys_columns_count_the_layers_of_every_earlier_key():
     assert rows["key2"]["artifact_energy_all_keys"] == pytest.approx(1.0, abs=3 * se)
     assert 1.0 + 3 * se < rows["both"]["artifact_energy_all_keys"] < 2.0
     assert evaluate(2, held_out, None)["artifact_keys"] == 1
+
+
+def test_message_mode_keeps_one_carrier_set_and_the_aware_mark_rewrites_instead_of_stacking():
+    """key_mode=message: every generation marks its own message on the run key's carriers; the
+    aware embedding of message 2 over message 1 flips the differing bits, so the digits carry
+    about one layer in all (key_mode=generation would stack a second: see the test above)."""
+    cfg = OmegaConf.merge(OmegaConf.load("configs/watermark/base.yaml"),
+                          {"method": "spread_spectrum_aware", "key_mode": "message"})
+    digits = MNIST5k(seed=0).load()
+    reference, held_out = digits.reference[:500], digits.reference[500:]
+    wm = RunWatermark(cfg, 0, (1, 28, 28), reference, torch.device("cpu"))
+    assert wm.method(1) is wm.method(5)                       # one carrier set
+    assert not torch.equal(wm.message(1), wm.message(2))      # a message per generation
+    rewritten = wm.mark(2, wm.mark(1, held_out))
+    assert wm.detector(2).detect(rewritten).flagged.float().mean() > 0.99
+    assert wm.detector(1).detect(rewritten).flagged.float().mean() < 0.05
+    row = wm.artifact_evaluator(digits.train, reference)(3, rewritten, None)
+    se = row["artifact_energy_all_keys_se"]
+    assert row["artifact_energy_all_keys"] == pytest.approx(1.0, abs=3 * se + 0.1)

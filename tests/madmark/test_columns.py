@@ -26,7 +26,7 @@ RUNS = {
     "eval.artifacts.ArtifactMeter": lambda cfg: bool(cfg.watermark.enabled),
     "eval.idempotence.idempotence": lambda cfg: bool(cfg.watermark.enabled),
     "madmark.watermarking.RunWatermark.artifact_evaluator":
-        lambda cfg: bool(cfg.watermark.enabled) and cfg.watermark.key_mode == "generation",
+        lambda cfg: bool(cfg.watermark.enabled) and cfg.watermark.key_mode != "run",
     "loops.stages.WatermarkStage":
         lambda cfg: bool(cfg.watermark.enabled) and bool(cfg.watermark.get("mark", True)),
     "eval.growth.add_growth": lambda cfg: bool(cfg.watermark.enabled),
