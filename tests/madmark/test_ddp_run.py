@@ -61,6 +61,7 @@ def single_and_ddp(tmp_path: Path, cli, overrides: list[str]) -> tuple[list, lis
     return one, two, run
 
 
+@pytest.mark.slow        # ~30 s of torchrun start-up; tests/loops/test_distributed.py covers DDP
 def test_torchrun_run_equals_the_single_process_run(tmp_path, cli):
     code, _, err = cli("run", *TINY, f"hydra.run.dir={tmp_path / 'single'}")
     assert code == 0, err

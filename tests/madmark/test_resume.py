@@ -19,6 +19,7 @@ ARGS = ["data=digits", "model=pca_gmm", "model.n_components=16", "model.gmm_comp
         "model.max_iter=60", "loop.generations=6", "progress=false", "seed=7"]
 
 
+@pytest.mark.slow        # ~1 min; the kill points below cover resume in the default suite
 def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
     full_dir, cut_dir = tmp_path / "full", tmp_path / "cut"
     args = [*ARGS, f"eval.features.cache_dir={tmp_path / 'cache'}"]   # LeNet features, cached

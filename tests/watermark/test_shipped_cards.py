@@ -9,9 +9,12 @@ from watermark.cards import CARDS_DIR
 from watermark.train import evaluate
 
 CARDS = sorted(p.stem for p in CARDS_DIR.glob("*.yaml"))
+#: cards whose metric check takes long on 2 CPU cores (256² RGB photos): in the slow suite
+HEAVY = {"rgb48"}
 
 
-@pytest.mark.parametrize("name", CARDS)
+@pytest.mark.parametrize("name", [pytest.param(c, marks=pytest.mark.slow) if c in HEAVY else c
+                                  for c in CARDS])
 def test_card_reproduces_its_recorded_metrics(name):
     from hydra.utils import instantiate
 

@@ -16,6 +16,7 @@ from watermark.train import (IDEM_STAT, STATS, EmbedAttackDecode, latest_checkpo
                              regeneration_step, train_watermarker, watermark_train_step)
 
 
+@pytest.mark.slow        # ~40 s; the train-step and recipe tests cover the trainer by default
 def test_short_training_on_digits_beats_chance(digits, tmp_path):
     # Measured (1 thread): 16 bits, width 16, 240 steps ~ 30 s -> clean bit acc ~ 0.99, PSNR ~ 31 dB.
     model, log = train_watermarker(digits[:4000], digits[4000:], num_bits=16, work_size=28, alpha=0.05,
