@@ -5,7 +5,9 @@ binomial p-value, flagged at false-positive rate ``alpha``. Writes a CSV (defaul
 ``./detect_<dir name>.csv``; an existing file is never overwritten) with one row per file: path,
 status (decoded|skipped|unreadable), reason, matched_bits, num_bits, bit_accuracy, p_value,
 flagged, notes. Method settings are read from ``dir/watermark.json`` when the folder was written by
-``madmark embed`` (its manifest.csv and watermark.json are then not tested), else from the options.
+``madmark embed`` (its manifest.csv and watermark.json are then not tested), else from the options;
+a key whose fingerprint is not the one watermark.json records is refused (``other_key=true``
+tests it anyway).
 
 Every file under ``dir`` is listed: files that are not images Pillow can decode are "unreadable",
 images the method cannot read at their size (below spread spectrum's minimum, DwtDct below
@@ -43,6 +45,21 @@ def method_settings(folder: Path, opts: dict) -> dict:
     recorded = {} if given else embed_record(folder) or {}
     return {key: opts[key] or recorded.get(key, getattr(EmbedOptions, key))
             for key in ("method", "bits", "strength")}
+
+
+def check_recorded_key(folder: Path, key: SecretKey, opts: dict) -> None:
+    """Refuse a key other than the one ``madmark embed`` recorded (by fingerprint) in the
+    folder's watermark.json: every image would test negative for the wrong reason.
+    ``other_key=true`` tests it anyway (a control)."""
+    record = embed_record(folder, strict=False)
+    if record is None or opts.get("other_key"):
+        return
+    recorded = str(record["key_fingerprint"])
+    if recorded != key.fingerprint:
+        raise MadmarkError(f"{folder / 'watermark.json'} says its images were marked with key "
+                           f"{recorded}, the key given is {key.fingerprint} (fingerprints)",
+                           "pass the key madmark embed used (key= or key_file=), or "
+                           "other_key=true to test this key anyway")
 
 
 def check_alpha(alpha: float) -> None:
@@ -100,6 +117,7 @@ def detect_folder(folder: Path, opts: dict) -> tuple[list[dict], FolderScan]:
         raise MadmarkError(f"folder {folder} does not exist", "pass a folder of images")
     check_alpha(opts["alpha"])
     key = secret_key(opts["key"], opts["key_file"])
+    check_recorded_key(folder, key, opts)
     settings = method_settings(folder, opts)
     check_method(settings["method"], key, settings["bits"], settings["strength"])
     items, scan = read_folder(folder)

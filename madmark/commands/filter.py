@@ -43,8 +43,8 @@ import torch
 
 from madcore.errors import MadmarkError
 from madcore.files import atomic_directory, atomic_write_text
-from madmark.commands.detect import (COLUMNS, check_alpha, detect_images, method_settings,
-                                     shape_methods)
+from madmark.commands.detect import (COLUMNS, check_alpha, check_recorded_key, detect_images,
+                                     method_settings, shape_methods)
 from madmark.commands.options import FilterOptions, parse
 from madmark.folder_io import (LoadedImage, check_output_folder, group_by_shape, read_folder,
                                report_problems)
@@ -111,6 +111,7 @@ def filter_folder(data_dir: Path, out: Path, opts: dict) -> dict:
     check_alpha(opts["alpha"])
     check_output_folder(out, data_dir, "data folder", "out=<folder>")
     key = secret_key(opts["key"], opts["key_file"])
+    check_recorded_key(data_dir, key, opts)
     settings = method_settings(data_dir, opts)
     check_method(settings["method"], key, settings["bits"], settings["strength"])
     items, scan = read_folder(data_dir, "data folder")

@@ -38,6 +38,7 @@ class DetectOptions:
     bits: int = 0
     strength: float = 0.0
     batch_size: int = 64
+    other_key: bool = False      # true: test this key although watermark.json names another
 
 
 @dataclass

@@ -54,7 +54,13 @@ def test_embed_then_detect(photo_folder, tmp_path, capsys):
     other = tmp_path / "other.txt"
     other.write_text("a different key")
     wrong_csv = tmp_path / "wrong.csv"
-    assert main(["detect", str(out), f"key_file={other}", f"out={wrong_csv}"]) == 0
+    capsys.readouterr()
+    # watermark.json records the embedding key's fingerprint: another key is refused, one line
+    assert main(["detect", str(out), f"key_file={other}", f"out={wrong_csv}"]) == 2
+    err = capsys.readouterr().err
+    assert "marked with key" in err and "other_key=true" in err and not wrong_csv.exists()
+    assert main(["detect", str(out), f"key_file={other}", f"out={wrong_csv}",
+                 "other_key=true"]) == 0
     wrong = [r["flagged"] == "True" for r in csv.DictReader(open(wrong_csv))]
     assert sum(wrong) <= 1      # a wrong key is chance: each image flagged w.p. ~alpha = 0.01
 
