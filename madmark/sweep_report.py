@@ -304,9 +304,12 @@ def write_sweep_report(sweep_dir: str | Path) -> Path:
                   "max over t ≥ 2 of its change since g2 (pass ≤ 0.2 layer). 3a `detect_min`: "
                   "lowest detection rate of the model's own samples, t ≥ 2 (≥ 0.99, judged in fully "
                   "synthetic loops); 3b "
-                  "`radio_log10p_max`: weakest radioactivity, t ≥ 2 (≤ −6). 4 `wm_psnr` of "
-                  "generation 1's marking (≥ 34 dB grey, ≥ 38 dB RGB); `d_*`: precision, recall, "
-                  "FID minus control at the last generation.", "",
+                  "`radio_log10p_max`: weakest radioactivity, t ≥ 2 (≤ −6). 4 per-generation "
+                  "keys (key_mode generation or message): `marked_detect_min`, the lowest share "
+                  "of each generation's marked samples found by its own key (≥ 0.99), and "
+                  "`drift_all_keys`, the drift of the layers of all keys together (≤ 0.2). "
+                  "5 `wm_psnr` of generation 1's marking (≥ 34 dB grey, ≥ 38 dB RGB); `d_*`: "
+                  "precision, recall, FID minus control at the last generation.", "",
                   scorecard_table(scorecard), ""]
     if plot_sweep(runs, metrics, sweep_dir / "plots" / "summary.png", title=name):
         lines += ["![key metrics against generation, one line per run](plots/summary.png)", ""]
