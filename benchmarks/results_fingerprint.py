@@ -46,6 +46,7 @@ CASES: dict[str, list[str]] = {
                              *TINY_MNIST],
     "autophagy_robustness": ["experiment=autophagy_robustness", "loop.generations=2",
                              *TINY_MNIST],
+    "autophagy_aware": ["experiment=autophagy_aware", "loop.generations=2", *TINY_MNIST],
     "autophagy_robustness_digits32": ["experiment=autophagy_robustness", "watermark=digits32",
                                       "arm=control", "loop.generations=2", *TINY_MNIST],
     "mad_flow_2d": ["experiment=mad_flow_2d", "loop.generations=2", "data.n_train=500",

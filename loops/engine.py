@@ -5,7 +5,8 @@ One generation t (DESIGN.md):
     pool_t  = filter(t, pool_t)                     optional: drop what the detector flags
     model_t = new model, fit(pool_t.x, labels)      trained from scratch
     S_t     = model_t.sample(n_s, bias=λ)           conditional models: uniformly drawn labels
-    row_t   = pool composition + filter and fit stats + evaluators(S_t)   (S_t unmarked)
+    row_t   = pool composition + filter and fit stats + evaluators(S_t)   (S_t unmarked; an
+                                                    evaluator may also take S_t's labels)
     S_t'    = watermark(t, S_t)                     optional: what enters later pools is marked
     sample_hooks(t, S_t)                            e.g. the sample grid, before the checkpoint
     history.append(S_t'); checkpoint g<t> atomically; hooks(t, S_t, rows)
@@ -21,6 +22,7 @@ generation before every rank has read the finished ones (resume).
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Protocol
 
@@ -38,7 +40,9 @@ from madcore.rng import generator
 from loops.stages import FilterStage, WatermarkStage
 
 Row = dict[str, Any]
-#: ``evaluator(t, samples, model) -> dict`` adds metric columns to generation t's row.
+#: ``evaluator(t, samples, model) -> dict`` adds metric columns to generation t's row. An
+#: evaluator that names a ``labels`` parameter is also given S_t's class labels (int64 (n,), drawn
+#: for a conditional model; None for an unconditional one) as ``labels=`` (:func:`takes_labels`).
 Evaluator = Callable[[int, torch.Tensor, GenerativeModel], dict[str, Any]]
 #: ``hook(t, samples, rows)`` runs after generation t is checkpointed; ``rows`` holds the rows of
 #: generations 1..t (sample grids, results.csv). Hooks run on every rank: writers check
@@ -61,6 +65,14 @@ COLUMNS = (
     Column("bias", "sampling bias λ of S_t (1 = unbiased)", "λ in (0, 1]",
            "the run's config (loop.bias)"),
 )
+
+
+def takes_labels(evaluate: Evaluator) -> bool:
+    """Whether ``evaluate`` names a ``labels`` parameter (it is then called with ``labels=``)."""
+    try:
+        return "labels" in inspect.signature(evaluate).parameters
+    except (TypeError, ValueError):         # a builtin or C callable without a signature
+        return False
 
 
 class RealSource(Protocol):
@@ -227,7 +239,8 @@ class LoopEngine:
                             "use a simpler model or more samples per generation (loop.n_real, "
                             "loop.n_synthetic)")
         for evaluate in self.evaluators:
-            row.update(evaluate(t, samples, model))
+            extra = {"labels": labels} if takes_labels(evaluate) else {}
+            row.update(evaluate(t, samples, model, **extra))
         produced = Pool.synthetic(samples, t, label=labels)
         if self.watermark is not None:
             pooled = self._pooled(len(samples))

@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Iterable
 
 import eval.artifacts
+import eval.cas
 import eval.growth
 import eval.idempotence
 import loops.engine
@@ -46,6 +47,9 @@ PRODUCERS: tuple[Producer, ...] = (
              madmark.evaluation.SPREAD_COLUMNS),
     Producer("madmark.metrics.GenerationMetrics", "runs with `eval.enabled=true` (the default)",
              madmark.metrics.COLUMNS),
+    Producer("eval.cas.ClassificationAccuracyScore",
+             "runs with `eval.cas=true` (labelled image data; built by madmark.cas.build_cas)",
+             eval.cas.COLUMNS),
     Producer("madmark.evaluation.vector_truth_evaluator",
              "runs on vector data with known true moments (`data=gaussian`, `data=gmm2d`)",
              madmark.evaluation.TRUTH_COLUMNS),

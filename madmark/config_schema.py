@@ -25,7 +25,7 @@ import math
 import types
 import typing
 from dataclasses import dataclass, field, fields, is_dataclass
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator, List, Optional
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -74,6 +74,14 @@ class EvalSchema:
     kid: bool = setting(True)
     kid_subsets: int = setting(20)
     kid_subset_size: int = setting(1000)
+    cas: bool = setting(False)
+    cas_augmented: bool = setting(False)
+    cas_n_train: Optional[int] = setting(1000)
+    cas_n_test: Optional[int] = setting(1000)
+    cas_epochs: int = setting(2)
+    cas_batch_size: int = setting(32)
+    cas_lr: float = setting(0.003)
+    cas_channels: List[int] = setting([6, 16])
 
 
 def component() -> Any:

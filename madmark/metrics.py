@@ -88,9 +88,10 @@ def _raw(f: DictConfig, splits: Splits, data_name: str, device: torch.device):
     return build_extractor("raw")
 
 
-def _lenet(f: DictConfig, splits: Splits, data_name: str, device: torch.device):
-    """A LeNet trained on the REAL TRAIN split (or loaded from the cache), its accuracy measured
-    on the held-out reference split."""
+def lenet_from_config(f: DictConfig, splits: Splits, data_name: str, device: torch.device):
+    """The run's reference LeNet (a LeNetExtractor): trained on the REAL TRAIN split (or loaded
+    from the cache), its accuracy measured on the held-out reference split; ``f``: the
+    ``eval.features`` block."""
     if splits.train_labels is None:
         raise MadmarkError(f"lenet features need class labels but data '{data_name}' has none",
                            "set eval.features.name=random_cnn")
@@ -120,7 +121,7 @@ def _pretrained(name: str) -> Callable[..., Any]:
 
 #: eval.features.name -> how the run builds it from (eval.features, splits, data name, device);
 #: an extractor of eval.features.factory.EXTRACTORS not listed is built as a pretrained one
-FROM_CONFIG: dict[str, Callable[..., Any]] = {"raw": _raw, "lenet": _lenet,
+FROM_CONFIG: dict[str, Callable[..., Any]] = {"raw": _raw, "lenet": lenet_from_config,
                                               "random_cnn": _random_cnn}
 
 
@@ -167,6 +168,12 @@ class GenerationMetrics:
         self.real_stats = FeatureStats.from_features(self.real.double())
         self.describe = extractor.describe()
         self._warn_small("reference", len(self.real))
+        self._last: Optional[tuple[int, torch.Tensor]] = None
+
+    def sample_features(self, t: int) -> Optional[torch.Tensor]:
+        """(n_fake, d) CPU features of the first n_fake samples of S_t when generation ``t`` was
+        the last one evaluated, else None (another evaluator may reuse them: madmark.cas)."""
+        return self._last[1] if self._last is not None and self._last[0] == t else None
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """(N, d) float32 CPU features of x (N, ...). Under torchrun each rank extracts its
@@ -189,6 +196,7 @@ class GenerationMetrics:
         cfg = self.cfg
         n_fake = len(samples) if cfg.n_fake is None else min(int(cfg.n_fake), len(samples))
         fake = self.features(samples[:n_fake])
+        self._last = (t, fake)
         row: dict[str, Any] = dict(self.manifold.score(fake))
         if cfg.fid:
             if t == 1:

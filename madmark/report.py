@@ -6,7 +6,8 @@ report.md: the loop and fidelity table (:data:`TABLE`). When the run has a water
 stage, the key table comes first (:data:`KEY_TABLE`: fidelity, inheritance, artifact energy and
 growth, filter TPR/FPR, real fraction), then the loop and fidelity, watermark
 (:data:`WATERMARK_TABLE`) and filter (:data:`FILTER_TABLE`) tables. Plots: ``plots/metrics.png``
-(:data:`PLOTTED`) and, with watermark columns, ``plots/artifacts.png`` (:data:`ARTIFACT_PANELS`).
+(:data:`PLOTTED`, and :data:`CAS_PANEL` with ``eval.cas=true``) and, with watermark columns,
+``plots/artifacts.png`` (:data:`ARTIFACT_PANELS`).
 Last, a "Columns" section says what each column of results.csv is (:mod:`madmark.columns`).
 Absent columns are skipped everywhere, but every column named here must be declared
 (:func:`madmark.columns.declared`): a misspelt or renamed one raises UndeclaredColumn on import.
@@ -23,16 +24,23 @@ from madcore.figures import new_figure, save_png
 from madcore.files import atomic_write_text
 from madmark.columns import declared, report_section
 
-#: metrics plotted against generation, in panel order (absent columns are skipped)
+#: metrics plotted against generation, one panel each, in panel order (absent columns are
+#: skipped); the CAS panel (:data:`CAS_PANEL`) follows kid
 PLOTTED = declared(("precision", "recall", "density", "coverage", "fid", "kid", "spread_ratio",
                     "w2_to_true", "logdet_cov"))
+#: the classification accuracy score's panel of plots/metrics.png: CAS on S_t, the naive
+#: augmentation score and the real-data ceiling (a panel as in :data:`ARTIFACT_PANELS`)
+CAS_PANEL = ("classification accuracy score", (("cas", "trained on S_t"),
+                                               ("cas_augmented", "real + S_t"),
+                                               ("cas_real", "real (ceiling)")), None)
 #: columns of the loop and fidelity table (absent ones are skipped)
 TABLE = declared(("generation", "n_pool", "real_fraction", "origin_counts", "precision", "recall",
-                  "density", "coverage", "fid", "kid", "spread_ratio", "w2_to_true", "logdet_cov",
-                  "trace_cov"))
+                  "density", "coverage", "fid", "kid", "cas", "cas_augmented", "cas_real",
+                  "spread_ratio", "w2_to_true", "logdet_cov", "trace_cov"))
 #: columns naming what the metrics were computed on (constant over a run)
 SETTINGS = declared(("features", "n_real_eval", "n_fake_eval", "k", "kid_subsets",
-                     "kid_subset_size", "spread_n_reference", "moments_from"))
+                     "kid_subset_size", "spread_n_reference", "moments_from", "cas_labels",
+                     "cas_n_train", "cas_n_test", "cas_epochs"))
 #: watermark and artifact columns (inheritance and artifacts: on the unmarked samples S_t)
 WATERMARK_TABLE = declared(("generation", "wm_psnr", "inherit_bit_acc", "inherit_detect_rate",
                             "inherit_log10p_median", "artifact_energy", "artifact_energy_se",
@@ -72,7 +80,7 @@ ARTIFACT_PANELS = (
     ("real fraction of the pool", (("real_fraction_before", "before filter"),
                                    ("real_fraction", "trained on")), None),
 )
-declared(c for _, lines, ref in ARTIFACT_PANELS
+declared(c for _, lines, ref in (*ARTIFACT_PANELS, CAS_PANEL)
          for c in (*(col for col, _ in lines), *((ref,) if isinstance(ref, str) else ())))
 declared(("family", "history", "bias", "filter_n_in"))          # named in the code below
 #: columns whose presence means the run has a watermark or filter stage
@@ -164,9 +172,11 @@ def plot_panels(rows: list[dict[str, Any]], panels: tuple[Panel, ...], path: Pat
 
 
 def plot_metrics(rows: list[dict[str, Any]], path: Path, title: str = "") -> bool:
-    """One panel per metric in :data:`PLOTTED` against generation; False if nothing to plot."""
-    return plot_panels(rows, tuple((name, ((name, name),), None) for name in PLOTTED), path,
-                       title)
+    """One panel per metric in :data:`PLOTTED` (and :data:`CAS_PANEL` after kid) against
+    generation; False if nothing to plot."""
+    panels = [(name, ((name, name),), None) for name in PLOTTED]
+    panels.insert(PLOTTED.index("kid") + 1, CAS_PANEL)
+    return plot_panels(rows, tuple(panels), path, title)
 
 
 def has_watermark_columns(rows: list[dict[str, Any]]) -> bool:

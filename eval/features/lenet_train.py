@@ -51,7 +51,7 @@ def train_lenet(train_x: torch.Tensor, train_y: torch.Tensor, *, epochs: int = 8
                 val_x: Optional[torch.Tensor] = None, val_y: Optional[torch.Tensor] = None,
                 feature_dim: int = 128, channels: tuple[int, int] = (16, 32),
                 in_channels: Optional[int] = None, augment_data: bool = True,
-                num_threads: Optional[int] = None,
+                num_threads: Optional[int] = None, score_train: bool = True,
                 progress: Optional[Callable[[int, int, float], None]] = None):
     """Train a :class:`LeNet` classifier with Adam and cross-entropy; deterministic given ``seed``.
 
@@ -71,12 +71,14 @@ def train_lenet(train_x: torch.Tensor, train_y: torch.Tensor, *, epochs: int = 8
         num_threads: torch CPU threads during training (restored after); None = unchanged.
             On a shared or busy machine, 1 is often faster than several spinning threads.
         progress: called as ``progress(epoch, epochs, mean_train_loss)`` after each epoch.
+        score_train: measure ``train_accuracy`` (one more forward pass over the training set);
+            False leaves it None.
 
     Returns:
         (model in eval mode on ``device``, info dict with ``val_accuracy`` (None without val
-        data), ``train_accuracy``, ``train_loss``, ``train_time_s``, ``epochs``, ``n_train``,
-        ``n_val``, ``feature_dim``, ``channels``, ``in_channels``, ``num_classes``,
-        ``trained=True``).
+        data), ``train_accuracy`` (None without ``score_train``), ``train_loss``,
+        ``train_time_s``, ``epochs``, ``n_train``, ``n_val``, ``feature_dim``, ``channels``,
+        ``in_channels``, ``num_classes``, ``trained=True``).
     """
     train_y = torch.as_tensor(train_y).long().reshape(-1)
     if len(train_x) != len(train_y) or len(train_y) == 0:
@@ -93,7 +95,7 @@ def train_lenet(train_x: torch.Tensor, train_y: torch.Tensor, *, epochs: int = 8
         info["train_time_s"] = time.perf_counter() - t0
     finally:
         torch.set_num_threads(old_threads)
-    info["train_accuracy"] = lenet_accuracy(model, train_x, train_y)
+    info["train_accuracy"] = lenet_accuracy(model, train_x, train_y) if score_train else None
     info["val_accuracy"], info["n_val"] = None, 0
     if val_x is not None and val_y is not None:
         info["val_accuracy"] = lenet_accuracy(model, val_x, torch.as_tensor(val_y).long().reshape(-1))

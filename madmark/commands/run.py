@@ -34,6 +34,7 @@ from madcore import dist
 from loops.engine import LoopEngine, LoopSettings
 from loops.families import LoopFamily
 from loops.stages import FilterStage, WatermarkStage
+from madmark.cas import build_cas, check_cas_data
 from madmark.config_schema import check_config, implied_types
 from madmark.console import GenerationProgress, format_table
 from madcore.errors import MadmarkError
@@ -253,16 +254,23 @@ def _run(cfg: DictConfig, run: RunDir, device: torch.device) -> list[dict]:
     if cfg.eval.enabled:
         check_eval_sizes(cfg, len(splits.reference),
                          settings.n_synthetic if settings.n_synthetic > 0 else settings.n_real)
+    cas = bool(cfg.eval.get("cas", False))          # absent from configs recorded before it
+    if cas:
+        check_cas_data(splits, data_name(cfg))
     progress = GenerationProgress(settings.generations, enabled=bool(cfg.progress) and rank0)
     engine = LoopEngine(source=source, make_model=make_model,
                         family=LoopFamily(cfg.loop.family, cfg.loop.history), settings=settings,
                         checkpoints=run.checkpoints, device=device, progress=progress)
     engine.evaluators.append(spread_evaluator(splits.reference))
+    metrics = None
     if cfg.eval.enabled:
         with dist.main_first():
             extractor = make_extractor(cfg.eval, splits, data_name(cfg), device)
-        engine.evaluators.append(GenerationMetrics(cfg.eval, extractor, splits.reference,
-                                                   int(cfg.seed), device))
+        metrics = GenerationMetrics(cfg.eval, extractor, splits.reference, int(cfg.seed), device)
+        engine.evaluators.append(metrics)
+    if cas:                                    # after metrics: it reuses their LeNet features
+        engine.evaluators.append(build_cas(cfg.eval, splits, data_name(cfg), device,
+                                           int(cfg.seed), metrics))
     if splits.kind == "vector" and splits.true_mean is not None:
         engine.evaluators.append(vector_truth_evaluator(splits.true_mean, splits.true_cov))
     with dist.main_first():

@@ -70,3 +70,38 @@ def test_atomic_files_get_ordinary_permissions(tmp_path):
     with open(tmp_path / "b.txt", "w") as f:           # what a plain open() gives under this umask
         f.write("x")
     assert os.stat(tmp_path / "a.txt").st_mode == os.stat(tmp_path / "b.txt").st_mode
+
+
+class LabelledGaussian(GaussianModel):
+    """A conditional model for the test: samples N(μ̂, λΣ̂) and remembers the labels it drew for."""
+    num_classes = 4
+    drawn: list = []
+
+    def sample(self, n, bias=1.0, generator=None, labels=None):
+        type(self).drawn.append(labels.clone())
+        return super().sample(n, bias, generator)
+
+
+def test_an_evaluator_naming_labels_gets_the_labels_s_t_was_drawn_for(normal_source, tmp_path):
+    """Conditional model: ``labels=`` is exactly the labels S_t was sampled with; evaluators that
+    do not name it are called with (t, samples, model) as before; unconditional: labels=None."""
+    seen, plain = [], []
+
+    def with_labels(t, samples, model, labels=None):
+        seen.append(labels)
+        return {}
+
+    def without(t, samples, model):
+        plain.append(t)
+        return {}
+
+    for model, folder in ((LabelledGaussian, "cond"), (GaussianModel, "uncond")):
+        LoopEngine(normal_source, model, LoopFamily("fully_synthetic"),
+                   LoopSettings(2, 30, 20, 1.0, seed=3), Checkpoints(tmp_path / folder),
+                   evaluators=[without, with_labels]).run()
+    drawn = LabelledGaussian.drawn
+    assert len(drawn) == 2 and all(torch.equal(a, b) for a, b in zip(seen[:2], drawn))
+    assert drawn[0].shape == (20,) and 0 <= drawn[0].min() and drawn[0].max() < 4
+    assert seen[2:] == [None, None] and plain == [1, 2, 1, 2]
+    saved = Checkpoints(tmp_path / "cond").load(2)["label"]
+    assert torch.equal(saved, drawn[1].cpu())             # the labels the samples keep

@@ -20,6 +20,7 @@ RUNS = {
     "loops.stages.FilterStage": lambda cfg: bool(cfg.filter.enabled),
     "madmark.evaluation.spread_evaluator": lambda cfg: True,
     "madmark.metrics.GenerationMetrics": lambda cfg: bool(cfg.eval.enabled),
+    "eval.cas.ClassificationAccuracyScore": lambda cfg: bool(cfg.eval.cas),
     "madmark.evaluation.vector_truth_evaluator":      # the analytic vector sources
         lambda cfg: cfg.data._target_ in ("madmark.data.Gaussian", "madmark.data.GMM2D"),
     "madmark.watermarking.RunWatermark.settings": lambda cfg: bool(cfg.watermark.enabled),
@@ -34,7 +35,8 @@ RUNS = {
 #: a column's own condition (Column.when) -> does it hold
 WHEN = {"": lambda cfg: True, "eval.fid": lambda cfg: bool(cfg.eval.fid),
         "eval.kid": lambda cfg: bool(cfg.eval.kid),
-        "a detector is given (madmark run: always)": lambda cfg: True}
+        "a detector is given (madmark run: always)": lambda cfg: True,
+        "eval.cas_augmented": lambda cfg: bool(cfg.eval.cas_augmented)}
 
 
 def runs(producer, cfg) -> bool:
@@ -63,6 +65,7 @@ CONFIGS = {
     "gmm2d": ["data=gmm2d", "model=gmm", "data.n_train=300", "data.n_reference=300",
               "model.n_components=4", "loop.generations=2", "eval.kid=false", "progress=false"],
     "mnist": [*TINY, "loop.generations=2"],
+    "mnist_cas": [*TINY, "loop.generations=2", "eval.cas=true", "eval.cas_augmented=true"],
     "mnist_eval": [*NO_EVAL, "loop.generations=2", "eval.features.name=random_cnn",
                    "eval.fid=false", "eval.kid_subset_size=100"],
     "watermark": [*TINY, "loop.generations=2", "watermark=spread_spectrum"],
