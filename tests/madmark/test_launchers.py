@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from madmark.rundir import read_csv
+from madmark.threads import THREAD_VARS, cpus_available
 from tests.madmark.conftest import REPO, madmark_subprocess, preempt_after_generation
 
 #: two generations of an analytic Gaussian loop without the feature metrics (~1 s in-process)
@@ -25,8 +26,13 @@ def _status(run: Path) -> str:
 
 # ---- joblib -------------------------------------------------------------------------------------
 
-def test_joblib_multirun_equals_the_basic_launcher(tmp_path, cli):
+def test_joblib_multirun_equals_the_basic_launcher(tmp_path, cli, monkeypatch):
+    """Also the thread budget (madmark/threads.py): each of the 2 concurrent jobs computes with
+    cpus ÷ 2 threads, applied inside its joblib worker; the sequential launcher's with all."""
     pytest.importorskip("hydra_plugins.hydra_joblib_launcher", reason=NO_JOBLIB)
+    for var in THREAD_VARS:                        # no inherited cap: the launcher's budget
+        monkeypatch.delenv(var, raising=False)
+    cpus = cpus_available()
     sweep = ["-m", *TINY, "seed=0,1", f"out_dir={tmp_path / 'outputs'}"]
     done = madmark_subprocess("run", *sweep, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
                               f"hydra.sweep.dir={tmp_path / 'joblib'}", timeout=240)
@@ -37,7 +43,16 @@ def test_joblib_multirun_equals_the_basic_launcher(tmp_path, cli):
     for job, seed in (("0", 0), ("1", 1)):
         run = tmp_path / "joblib" / job
         assert _status(run) == "complete"
-        assert json.loads((run / "env.json").read_text())["seed"] == seed
+        env = json.loads((run / "env.json").read_text())
+        assert env["seed"] == seed
+        threads = env["threads"]
+        assert (threads["budget"], threads["source"], threads["n_jobs"]) == (
+            max(1, cpus // 2), "affinity / n_jobs", 2)
+        assert threads["torch_threads"] == threads["budget"]          # what torch really used
+        assert set(threads["libraries"].values()) == {threads["budget"]}
+        basic_threads = json.loads((tmp_path / "basic" / job / "env.json").read_text())["threads"]
+        assert (basic_threads["budget"], basic_threads["source"], basic_threads["torch_threads"]
+                ) == (cpus, "affinity", cpus)
         assert [r["generation"] for r in read_csv(run / "results.csv")] == ["1", "2"]
         basic = tmp_path / "basic" / job / "results.csv"
         assert (run / "results.csv").read_text() == basic.read_text()
