@@ -88,3 +88,31 @@ def test_thread_budget_applies_and_restores(monkeypatch):
     assert torch.get_num_threads() == before
     assert os.environ["MKL_NUM_THREADS"] == "7" and "OMP_NUM_THREADS" not in os.environ
     assert threads.in_effect()["budget"] is None
+
+
+def test_a_joblib_multirun_job_reads_n_jobs_from_the_hydra_config(monkeypatch):
+    """hydra/launcher=joblib without n_jobs: the plugin's default -1 (one job per CPU), so one
+    thread per job; the same launcher outside a multirun runs no pool."""
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
+    from hydra.conf import HydraConf
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from hydra_plugins.hydra_joblib_launcher.config import JobLibLauncherConf
+    from omegaconf import OmegaConf
+
+    monkeypatch.setattr(threads, "cpus_available", lambda: 4)
+
+    def job_of(mode: RunMode) -> None:
+        launcher = OmegaConf.structured(JobLibLauncherConf)
+        hydra = OmegaConf.merge(OmegaConf.structured(HydraConf), {"mode": mode, "launcher": launcher})
+        HydraConfig.instance().set_config(OmegaConf.create({"hydra": hydra}))
+
+    try:
+        job_of(RunMode.RUN)
+        assert threads.launcher_jobs() is None
+        job_of(RunMode.MULTIRUN)
+        assert threads.launcher_jobs() == -1
+        budget = threads.budget_for(None, environ={})
+        assert (budget.threads, budget.source, budget.n_jobs) == (1, "affinity / n_jobs", 4)
+    finally:
+        HydraConfig.instance().cfg = None
