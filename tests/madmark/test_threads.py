@@ -104,7 +104,8 @@ def test_a_joblib_multirun_job_reads_n_jobs_from_the_hydra_config(monkeypatch):
 
     def job_of(mode: RunMode) -> None:
         launcher = OmegaConf.structured(JobLibLauncherConf)
-        hydra = OmegaConf.merge(OmegaConf.structured(HydraConf), {"mode": mode, "launcher": launcher})
+        hydra = OmegaConf.merge(OmegaConf.structured(HydraConf),
+                                {"mode": mode, "launcher": launcher})
         HydraConfig.instance().set_config(OmegaConf.create({"hydra": hydra}))
 
     try:
