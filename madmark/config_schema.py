@@ -105,6 +105,7 @@ class RunSchema:
     name: str = setting("default")
     seed: int = setting(0)
     device: str = setting("cpu")
+    threads: Optional[int] = setting(1)
     out_dir: str = setting("outputs")
     resume: Optional[str] = setting("<run_dir>")
     resume_from: Optional[int] = setting(2)

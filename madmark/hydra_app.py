@@ -29,6 +29,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from madcore.errors import MadmarkError
+from madmark.threads import thread_budget
 
 USER_ERRORS = (MadmarkError,)   # loops.errors.LoopError is one
 
@@ -347,7 +348,9 @@ def resume_overrides(args: list[str]) -> list[str]:
 def run_hydra(command: str, task: Callable[[DictConfig], None], args: list[str],
               config_name: str = "config") -> int:
     """Run ``task`` under ``hydra.main`` with ``args`` as the command line overrides
-    (``resume=<dir>`` continues in that folder, see :func:`resume_overrides`)."""
+    (``resume=<dir>`` continues in that folder, see :func:`resume_overrides`). Each job runs
+    within its thread budget, the config's ``threads`` (madmark.threads.thread_budget), applied
+    in the process that runs it (a joblib worker, a Slurm task, a torchrun rank)."""
     args = resume_overrides(args)
     _BEFORE.clear()
     _CREATED_TOP.clear()
@@ -360,9 +363,10 @@ def run_hydra(command: str, task: Callable[[DictConfig], None], args: list[str],
             raise
         return report_error(e)
 
-    def guarded(cfg: DictConfig) -> None:
+    def guarded(cfg: DictConfig) -> None:       # one job, in the process that runs it
         try:
-            task(cfg)
+            with thread_budget(cfg.get("threads")):     # madmark/threads.py
+                task(cfg)
         except USER_ERRORS as e:
             if cfg.get("debug", False):
                 raise

@@ -19,8 +19,9 @@ from madcore import dist
 from madcore.errors import MadmarkError
 from madmark.rundir import RunDir, results_rows, rows_to_csv
 
-#: keys that may differ between a run and its relaunch (they change no number)
-VOLATILE_KEYS = ("progress", "debug", "auto_resume", "resume_from")
+#: keys that may differ between a run and its relaunch (they change no number; ``threads`` at
+#: most the order of floating-point sums, and each launch's env.json records its budget)
+VOLATILE_KEYS = ("progress", "debug", "auto_resume", "resume_from", "threads")
 
 
 def config_changes(recorded: DictConfig, asked: DictConfig) -> list[str]:
@@ -101,10 +102,11 @@ def open_run(cfg: DictConfig) -> tuple[RunDir, DictConfig, bool]:
 
 
 def relaunched(recorded: DictConfig, cfg: DictConfig) -> DictConfig:
-    """The recorded config of a run being continued, with this launch's ``progress`` and
-    ``debug`` (they change no number)."""
+    """The recorded config of a run being continued, with this launch's ``progress``, ``debug``
+    and ``threads`` (:data:`VOLATILE_KEYS`)."""
     with open_dict(recorded):
         recorded.progress, recorded.debug = cfg.progress, cfg.debug
+        recorded.threads = cfg.get("threads")
     return recorded
 
 

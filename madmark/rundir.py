@@ -31,6 +31,7 @@ from eval.growth import add_growth
 from loops.checkpoint import Checkpoints
 from madcore.errors import MadmarkError
 from madcore.files import atomic_write_bytes, atomic_write_text, is_temporary
+from madmark.threads import in_effect
 
 _PACKAGES = ("madmark", "torch", "torchvision", "numpy", "scipy", "kornia", "torchmetrics",
              "hydra-core", "omegaconf", "scikit-learn", "scikit-image", "mlxtend")
@@ -49,7 +50,7 @@ def environment(seed: int, device: torch.device) -> dict[str, Any]:
         "device": str(device),
         "device_name": (torch.cuda.get_device_name(device) if device.type == "cuda"
                         else platform.processor() or platform.machine()),
-        "torch_threads": torch.get_num_threads(),
+        "threads": in_effect(),          # the job's thread budget and what torch uses
         "cpu_count": os.cpu_count(),
         "python": sys.version.split()[0],
         "platform": platform.platform(),

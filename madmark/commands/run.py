@@ -44,6 +44,7 @@ from madmark.metrics import GenerationMetrics, make_extractor
 from madmark.report import CONSOLE_TABLE, SETTINGS, WATERMARK_SETTINGS, write_report
 from madmark.rundir import RunDir, environment, results_rows
 from madmark.run_opening import agree_on_run, backend, torchrun_args
+from madmark.threads import check_setting as check_threads
 from madmark.tracking import logger_config, open_tracking
 from madmark.watermarking import RunWatermark, build_run_watermark
 
@@ -84,7 +85,8 @@ def loop_settings(cfg: DictConfig, n_train: int) -> LoopSettings:
 
 def check_run_config(cfg: DictConfig) -> None:
     """The settings' types: declared (madmark.config_schema.RunSchema) and, inside a Hydra app,
-    implied by the config files for the groups chosen; ``resume_from`` needs ``resume``."""
+    implied by the config files for the groups chosen; ``threads`` is null or >= 1;
+    ``resume_from`` needs ``resume``."""
     implied = {}
     if HydraConfig.initialized():
         hydra_cfg = HydraConfig.get()
@@ -92,6 +94,7 @@ def check_run_config(cfg: DictConfig) -> None:
         if baseline is not None:
             implied = implied_types(baseline)
     check_config(cfg, implied)
+    check_threads(cfg.get("threads"))
     if cfg.get("resume_from") is not None and not cfg.get("resume"):
         raise MadmarkError(f"resume_from={cfg.resume_from} needs resume=<run_dir>",
                            f"run madmark run resume=<run_dir> resume_from={cfg.resume_from}")

@@ -47,6 +47,10 @@ def one_line(err: str) -> str:
      "madmark: error: data.dim='abc' is not an integer — set data.dim=8"),
     ("samples_grid=null", "madmark: error: samples_grid=null is not an integer — "
                           "set samples_grid=64"),
+    ("threads=two", "madmark: error: threads='two' is not an integer or null — "
+                    "set threads=1 or threads=null"),
+    ("threads=0", "madmark: error: threads=0 is not a thread count (an integer >= 1) — set "
+                  "threads=1 (or another count), or threads=null for the CPUs this job may use"),
 ])
 def test_a_value_of_the_wrong_type_is_one_line_and_creates_nothing(cli, tmp_path, override,
                                                                     message):

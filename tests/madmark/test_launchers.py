@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from madmark.rundir import read_csv
+from madmark.threads import THREAD_VARS, cpus_available
 from tests.madmark.conftest import REPO, madmark_subprocess, preempt_after_generation
 
 #: two generations of an analytic Gaussian loop without the feature metrics (~1 s in-process)
@@ -25,8 +26,13 @@ def _status(run: Path) -> str:
 
 # ---- joblib -------------------------------------------------------------------------------------
 
-def test_joblib_multirun_equals_the_basic_launcher(tmp_path, cli):
+def test_joblib_multirun_equals_the_basic_launcher(tmp_path, cli, monkeypatch):
+    """Also the thread budget (madmark/threads.py): each of the 2 concurrent jobs computes with
+    cpus ÷ 2 threads, applied inside its joblib worker; the sequential launcher's with all."""
     pytest.importorskip("hydra_plugins.hydra_joblib_launcher", reason=NO_JOBLIB)
+    for var in THREAD_VARS:                        # no inherited cap: the launcher's budget
+        monkeypatch.delenv(var, raising=False)
+    cpus = cpus_available()
     sweep = ["-m", *TINY, "seed=0,1", f"out_dir={tmp_path / 'outputs'}"]
     done = madmark_subprocess("run", *sweep, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
                               f"hydra.sweep.dir={tmp_path / 'joblib'}", timeout=240)
@@ -37,7 +43,16 @@ def test_joblib_multirun_equals_the_basic_launcher(tmp_path, cli):
     for job, seed in (("0", 0), ("1", 1)):
         run = tmp_path / "joblib" / job
         assert _status(run) == "complete"
-        assert json.loads((run / "env.json").read_text())["seed"] == seed
+        env = json.loads((run / "env.json").read_text())
+        assert env["seed"] == seed
+        threads = env["threads"]
+        assert (threads["budget"], threads["source"], threads["n_jobs"]) == (
+            max(1, cpus // 2), "affinity / n_jobs", 2)
+        assert threads["torch_threads"] == threads["budget"]          # what torch really used
+        assert set(threads["libraries"].values()) == {threads["budget"]}
+        basic_threads = json.loads((tmp_path / "basic" / job / "env.json").read_text())["threads"]
+        assert (basic_threads["budget"], basic_threads["source"], basic_threads["torch_threads"]
+                ) == (cpus, "affinity", cpus)
         assert [r["generation"] for r in read_csv(run / "results.csv")] == ["1", "2"]
         basic = tmp_path / "basic" / job / "results.csv"
         assert (run / "results.csv").read_text() == basic.read_text()
@@ -178,8 +193,9 @@ def test_preempted_submitit_job_is_requeued_and_resumes(tmp_path):
 
 def test_auto_resume_accepts_a_run_recorded_before_a_default_was_spelled_out(cli, tmp_path):
     """A run recorded before the schemas listed every constructor argument lacks some keys; they
-    ran with the constructor's default, so a requeued job continues. A non-default value (or a
-    key that is no constructor argument) is still a different config."""
+    ran with the constructor's default, so a requeued job continues (also with another thread
+    budget). A non-default value (or a key that is no constructor argument) is still a different
+    config."""
     from omegaconf import OmegaConf
 
     from madmark.run_opening import config_changes
@@ -190,8 +206,9 @@ def test_auto_resume_accepts_a_run_recorded_before_a_default_was_spelled_out(cli
     older = OmegaConf.to_container(recorded)
     assert older["data"]["seed"] == 0                  # the run's seed = Gaussian's default seed
     del older["data"]["seed"]
+    del older["threads"]                  # recorded before the thread budget; threads is volatile
     OmegaConf.save(OmegaConf.create(older), run / "config.yaml")
-    code, out, err = cli("run", *TINY, "auto_resume=true", f"hydra.run.dir={run}")
+    code, out, err = cli("run", *TINY, "auto_resume=true", "threads=1", f"hydra.run.dir={run}")
     assert code == 0 and "already complete" in out, err
     changed = OmegaConf.merge(recorded, {"data": {"seed": 12345}})
     assert config_changes(OmegaConf.create(older), changed) == ["data.seed"]

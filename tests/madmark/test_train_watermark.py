@@ -216,7 +216,8 @@ def test_aware_recipe_is_the_digits32_recipe_plus_the_aware_options():
                                                                      resolve=True)
     assert composed["regeneration"]["cache_dir"] == evaluation.regeneration.cache_dir
     digits32 = {"card_alpha": None, **recorded_training("digits32")}   # card_alpha came later
-    where = ("device", "out_dir", "name", "hydra", "debug", "resume", "card_name", "regeneration")
+    where = ("device", "threads", "out_dir", "name", "hydra", "debug", "resume", "card_name",
+             "regeneration")
     aware = ("idempotence_weight", "regeneration_prob")
     strip = lambda c: {k: ({kk: vv for kk, vv in v.items() if kk not in aware}  # noqa: E731
                            if k == "trainer" else v) for k, v in c.items() if k not in where}
