@@ -18,6 +18,8 @@ RUNS = {
     "loops.engine.LoopEngine": lambda cfg: True,
     "loops.pool.Pool.composition": lambda cfg: True,
     "loops.stages.FilterStage": lambda cfg: bool(cfg.filter.enabled),
+    "madmark.classifier_filter.ClassifierFilter":
+        lambda cfg: bool(cfg.filter.enabled) and cfg.filter.get("method") == "classifier",
     "madmark.evaluation.spread_evaluator": lambda cfg: True,
     "madmark.metrics.GenerationMetrics": lambda cfg: bool(cfg.eval.enabled),
     "madmark.evaluation.vector_truth_evaluator":      # the analytic vector sources
@@ -67,6 +69,8 @@ CONFIGS = {
     "watermark_filter_augmentation": [*TINY, "loop.generations=2", "watermark=spread_spectrum",
                                       "filter=detector", "loop=synthetic_augmentation"],
     "control": [*TINY, "loop.generations=2", "watermark=spread_spectrum", "arm=control"],
+    "classifier_filter": [*TINY, "loop.generations=2", "loop=fresh_data", "filter=classifier",
+                          "filter.n_draw=200", "filter.cnn.epochs=1"],
     "vae": [*(o for o in TINY if not o.startswith("model.")), "loop.generations=1", "model=vae_tiny", "model.epochs=1",
             "model.prior_steps=20"],
     "latent_diffusion": [*(o for o in TINY if not o.startswith("model.")), "loop.generations=1",
