@@ -5,7 +5,7 @@ One generation t (DESIGN.md):
     pool_t  = filter(t, pool_t)                     optional: drop what the detector flags
     model_t = new model, fit(pool_t.x, labels)      trained from scratch
     S_t     = model_t.sample(n_s, bias=λ)           conditional models: uniformly drawn labels
-    D_t     = model_t.sample(filter.draw.n)         only for a filter that asks (HeldOutDraw)
+    D_t     = model_t.sample(filter.draw.n)         only for a filter that asks (HeldOutDraw), t < T
     row_t   = pool composition + filter and fit stats + evaluators(S_t)   (S_t unmarked)
     S_t'    = watermark(t, S_t)                     optional: what enters later pools is marked
     sample_hooks(t, S_t)                            e.g. the sample grid, before the checkpoint
@@ -259,11 +259,12 @@ class LoopEngine:
         """D_t: the filter's :class:`~loops.stages.HeldOutDraw` of generation t, ``n`` samples of
         model_t at S_t's bias with their own streams (seed, t, "filter-train" and, for
         conditional models, "filter-train-labels"), drawn after S_t so S_t is the same with or
-        without it; None when the filter asks for none."""
+        without it; None when the filter asks for none, and at the last generation (no later
+        generation trains on it)."""
         draw = self.filter.draw if self.filter is not None else None
-        if draw is None or draw.n < 1:
-            return None
         s = self.settings
+        if draw is None or draw.n < 1 or t >= s.generations:
+            return None
         conditioning = {}
         if model.conditional:
             conditioning = {"labels": torch.randint(

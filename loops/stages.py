@@ -86,10 +86,11 @@ class WatermarkStage:
 @dataclass
 class HeldOutDraw:
     """Samples of every generation's model drawn for a learned filter only (the classifier
-    filter's synthetic training set): right after S_t the engine draws ``n`` samples from model_t
-    with their own random stream (seed, t, "filter-train") and S_t's bias, stores them in
-    checkpoint g<t> (``filter_train``), and hands them to ``receive`` — again from the checkpoint
-    when a run resumes. They never enter a pool, an evaluator or the watermark stage.
+    filter's synthetic training set): right after S_t (t < T: no generation after the last one
+    needs its draw) the engine draws ``n`` samples from model_t with their own random stream
+    (seed, t, "filter-train") and S_t's bias, stores them in checkpoint g<t> (``filter_train``),
+    and hands them to ``receive`` — again from the checkpoint when a run resumes. They never enter
+    a pool, an evaluator or the watermark stage.
 
     Attributes:
         n: samples per generation.

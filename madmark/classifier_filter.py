@@ -10,7 +10,7 @@ What the detector of generation t trains on, exactly:
   parts); the last ``round(filter.calib_fraction × N_ref)`` images calibrate the threshold and are
   never trained on, the first ``N_ref − n_calib`` are trained on.
 - **synthetic** (label 1): *held-out draws* of earlier generations' models. Right after S_t, the
-  engine draws ``filter.n_draw`` further samples from model_t with their own random stream
+  engine draws ``filter.n_draw`` further samples from model_t (t < T) with their own stream
   (seed, t, "filter-train") and the same bias λ; they are never pooled, evaluated or marked, and
   are stored in checkpoint g<t> (``filter_train``) so a resumed run trains on the same ones. At
   generation t ≥ 2 the detector is trained from scratch on the draw of generation t − 1
@@ -56,7 +56,7 @@ _CALIB = "the reference split's calibration part (real images the detector was n
 COLUMNS = (
     Column("filter_kind", "the classifier filter's detector: cnn (trained from scratch) or "
            "probe (frozen features + logistic regression)", "text", _CFG),
-    Column("filter_detector", "the detector and its settings, e.g. cnn(width=8, epochs=4)",
+    Column("filter_detector", "the detector and its settings, e.g. cnn(width=8, epochs=3)",
            "text", _CFG),
     Column("filter_trained", "whether a detector judged the pool (False at generation 1: no "
            "synthetic sample exists yet, every pool sample is kept)", "boolean (True/False)",
@@ -67,8 +67,8 @@ COLUMNS = (
            "untrained)", "count", _TRAIN),
     Column("detector_train_from", "which generations' held-out draws it was trained on, e.g. g1 "
            "or g1-g3 (empty when untrained)", "text", _TRAIN),
-    Column("detector_train_acc", "balanced accuracy on its training sets at score 0, before "
-           "calibration (NaN when untrained)", "fraction in [0, 1]", _TRAIN),
+    Column("detector_train_acc", "balanced accuracy on its training sets at the calibrated "
+           "threshold (NaN when untrained)", "fraction in [0, 1]", _TRAIN),
     Column("detector_calib_n", "real images its threshold was calibrated on (0 when untrained)",
            "count", _CALIB),
     Column("detector_threshold", "score above which a sample is flagged (NaN when untrained)",
@@ -76,6 +76,15 @@ COLUMNS = (
     Column("detector_calib_fpr", "fraction of the calibration images above the threshold: at "
            "most α by construction (NaN when untrained)", "fraction in [0, 1]", _CALIB),
 )
+
+
+def reference_parts(reference: torch.Tensor, n_calib: int,
+                    seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(training part (N_ref − n_calib, ...), calibration part (n_calib, ...)) of the reference
+    split (N_ref, ...), disjoint, in the seeded random order of stream (seed, 0, "filter-split")."""
+    order = torch.randperm(len(reference), generator=generator(seed, 0, "filter-split"))
+    shuffled = reference[order.to(reference.device)]
+    return shuffled[:len(reference) - n_calib], shuffled[len(reference) - n_calib:]
 
 
 class ClassifierFilter:
@@ -97,9 +106,7 @@ class ClassifierFilter:
     def __init__(self, make_detector: Callable[[], SyntheticDetector], kind: str,
                  reference: torch.Tensor, n_calib: int, alpha: float, n_draw: int,
                  min_train: int, train_on: str, seed: int, device: torch.device):
-        order = torch.randperm(len(reference), generator=generator(seed, 0, "filter-split"))
-        shuffled = reference[order].to(device)
-        self.real_train, self.real_calib = shuffled[:-n_calib], shuffled[-n_calib:]
+        self.real_train, self.real_calib = reference_parts(reference.to(device), n_calib, seed)
         self.make_detector, self.kind = make_detector, kind
         self.alpha, self.n_draw, self.min_train = alpha, n_draw, min_train
         self.train_on, self.seed, self.device = train_on, seed, device
@@ -127,11 +134,14 @@ class ClassifierFilter:
             missing = [g for g in wanted if g not in self.draws]
             why = (f" (no held-out draw of generation{'s' * (len(missing) > 1)} "
                    f"{', '.join(map(str, missing))} in the run)" if missing else "")
+            fix = (f"recompute from generation {missing[0]} (resume=<run_dir> "
+                   f"resume_from={missing[0]}), whose checkpoint lacks its draw" if missing else
+                   f"set filter.n_draw to at least {self.min_train} (samples drawn from each "
+                   "generation's model for the detector), or lower filter.min_train")
             raise LoopError(
                 f"generation {t}: the classifier filter has {len(x)} synthetic samples to train "
                 f"on (held-out draws {which}){why}, fewer than filter.min_train={self.min_train}",
-                f"set filter.n_draw to at least {self.min_train} (samples drawn from each "
-                "generation's model for the detector), or lower filter.min_train")
+                fix)
         return x, which
 
     def flag(self, t: int, x: torch.Tensor) -> torch.Tensor:
@@ -147,7 +157,7 @@ class ClassifierFilter:
         self._columns[t] = {
             **self._untrained(), "filter_trained": True,
             "detector_train_n_real": info["n_real"], "detector_train_n_synth": info["n_synth"],
-            "detector_train_from": which, "detector_train_acc": info["train_acc"],
+            "detector_train_from": which, "detector_train_acc": cal.train_acc,
             "detector_calib_n": cal.n, "detector_threshold": cal.threshold,
             "detector_calib_fpr": cal.fpr}
         return detector.flag(x.to(self.device)).to(x.device)

@@ -3,7 +3,7 @@ threshold calibrated to a false-positive rate α on held-out real images, and fl
 
     det = CNNDetector(CNNDetectorConfig())            # or LinearProbeDetector(extractor, ...)
     info = det.fit(real_train, synthetic_train, generator)   # n_real, n_synth, train_acc
-    cal = det.calibrate(real_calibration, alpha=0.01)        # threshold, n, fpr
+    cal = det.calibrate(real_calibration, alpha=0.01)        # threshold, n, fpr, train_acc
     flagged = det.flag(pool_x)                               # bool (N,): score > threshold
 
 Images are ``(N, C, H, W)`` float in [0, 1] (vectors ``(N, D)`` for a probe on raw features);
@@ -83,12 +83,15 @@ class Calibration:
         alpha: the target false-positive rate.
         n: calibration images (real, never trained on).
         fpr: fraction of the calibration images above the threshold ((n − k)/n without ties).
+        train_acc: balanced accuracy on the training sets at the threshold (how the detector as
+            used separates what it was trained on).
     """
 
     threshold: float
     alpha: float
     n: int
     fpr: float
+    train_acc: float
 
 
 class SyntheticDetector(ABC):
@@ -108,6 +111,7 @@ class SyntheticDetector(ABC):
         self.batch_size = int(batch_size)
         self.calibration: Optional[Calibration] = None
         self.device: Optional[torch.device] = None
+        self._train_scores: tuple[torch.Tensor, torch.Tensor] | None = None
 
     # -- training ----------------------------------------------------------------------------
     def fit(self, real: torch.Tensor, synthetic: torch.Tensor,
@@ -118,7 +122,9 @@ class SyntheticDetector(ABC):
 
         Returns:
             n_real, n_synth, and train_acc: the balanced accuracy on the training sets at score 0
-            (the classifier's own decision, before calibration), a fraction in [0, 1].
+            (the classifier's own decision, before calibration; a CNN's BatchNorm statistics
+            lag its last steps, so it can be far below the accuracy at the calibrated threshold,
+            :attr:`Calibration.train_acc`), a fraction in [0, 1].
         """
         if real.shape[1:] != synthetic.shape[1:]:
             raise ValueError(f"real {tuple(real.shape)} and synthetic {tuple(synthetic.shape)} "
@@ -126,14 +132,19 @@ class SyntheticDetector(ABC):
         if len(real) < 1 or len(synthetic) < 1:
             raise ValueError("a detector needs real and synthetic training samples")
         self.device, self.calibration = real.device, None
-        self._fit(real, synthetic.to(real.device), generator)
-        acc = balanced_accuracy(self.score(real), self.score(synthetic))
+        scores = self._fit(real, synthetic.to(real.device), generator)
+        if scores is None:
+            scores = self.score(real), self.score(synthetic)
+        self._train_scores = scores
+        acc = balanced_accuracy(*scores)
         return {"n_real": len(real), "n_synth": len(synthetic), "train_acc": acc}
 
     @abstractmethod
-    def _fit(self, real: torch.Tensor, synthetic: torch.Tensor,
-             generator: torch.Generator) -> None:
-        """Train on real (label 0) and synthetic (label 1) samples, both on ``self.device``."""
+    def _fit(self, real: torch.Tensor, synthetic: torch.Tensor, generator: torch.Generator
+             ) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
+        """Train on real (label 0) and synthetic (label 1) samples, both on ``self.device``;
+        may return the trained model's scores of both ((N_r,), (N_s,)) if it has them, else
+        None (they are then computed by :meth:`score`)."""
 
     @abstractmethod
     def _scores(self, x: torch.Tensor) -> torch.Tensor:
@@ -154,12 +165,13 @@ class SyntheticDetector(ABC):
         return torch.cat(parts) if parts else torch.zeros(0, device=x.device)
 
     def calibrate(self, real: torch.Tensor, alpha: float) -> Calibration:
-        """Set the threshold at false-positive rate α from real images (N, ...) the detector was
+        """(After :meth:`fit`.) Set the threshold at false-positive rate α from real images (N, ...) the detector was
         not trained on (:func:`conformal_threshold`)."""
         scores = self.score(real)
         threshold = conformal_threshold(scores, alpha)
         self.calibration = Calibration(threshold, float(alpha), len(real),
-                                       float((scores > threshold).double().mean()))
+                                       float((scores > threshold).double().mean()),
+                                       balanced_accuracy(*self._train_scores, threshold))
         return self.calibration
 
     def flag(self, x: torch.Tensor) -> torch.Tensor:

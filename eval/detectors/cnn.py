@@ -3,10 +3,15 @@ CNNDetection recipe of Wang et al. 2020, scaled down to a CPU loop: no pretraini
 augmentation).
 
 Network: conv3×3 stride 2 (C → w) → BatchNorm → ReLU → conv3×3 stride 2 (w → 2w) → BN → ReLU →
-conv3×3 (2w → 2w) → BN → ReLU → global average pool → linear (2w → 1): one logit per image. Fully
-convolutional, so any H, W ≥ 4 and any channel count C; inputs in [0, 1] are mapped to [-1, 1].
-Batch normalisation matters here: without it, four epochs on 500 + 500 MNIST digits leave PCA+GMM
-samples at TPR ≈ 0.4 (α = 0.01); with it, 0.999 (measured on mnist5k, 2 CPU cores).
+global average pool → linear (2w → 1): one logit per image. Fully convolutional, so any H, W ≥ 4
+and any channel count C; inputs in [0, 1] are mapped to [-1, 1]. Batch normalisation matters:
+without it, four epochs on 500 + 500 MNIST digits left PCA+GMM samples at TPR ≈ 0.4 (α = 0.01,
+a three-conv variant); with it, ≈ 1. Measured on mnist5k (2 shared CPU cores; 500 reference
+digits against 500 PCA+GMM samples, calibrated on 500 others, α = 0.01, two seeds): three epochs
+train in 0.7 s and catch 1.00 of held-out PCA+GMM samples and 0.88–0.92 of a VAE's (model=vae,
+never trained on); four epochs 1.0 s, 1.00 and 0.96; a third conv (2w → 2w) cost 40 % more for
+no gain there. (Recomputing BatchNorm's statistics as training-set averages after training, as
+SWA does, kept 0.99 on PCA+GMM but fell to 0.65–0.75 on the VAE: the running averages stay.)
 
 Training: class-balanced binary cross-entropy (each class weighs ½), AdamW with a one-cycle
 learning rate, ``epochs`` passes over the shuffled union in batches of ``batch_size``.
@@ -33,7 +38,7 @@ class CNNDetectorConfig:
     """Settings of :class:`CNNDetector` (``filter.cnn`` in configs/filter/classifier.yaml).
 
     Attributes:
-        width: channels w of the first conv (then 2w, 2w).
+        width: channels w of the first conv (2w in the second).
         epochs: passes over the training set.
         batch_size: images per optimiser step.
         lr: peak learning rate of the one-cycle schedule.
@@ -41,7 +46,7 @@ class CNNDetectorConfig:
     """
 
     width: int = 8
-    epochs: int = 4
+    epochs: int = 3
     batch_size: int = 64
     lr: float = 1e-2
     weight_decay: float = 0.01
@@ -56,7 +61,6 @@ class SmallCNN(nn.Module):
         self.body = nn.Sequential(
             nn.Conv2d(in_channels, w, 3, 2, 1), nn.BatchNorm2d(w), nn.ReLU(),
             nn.Conv2d(w, 2 * w, 3, 2, 1), nn.BatchNorm2d(2 * w), nn.ReLU(),
-            nn.Conv2d(2 * w, 2 * w, 3, 1, 1), nn.BatchNorm2d(2 * w), nn.ReLU(),
             nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.head = nn.Linear(2 * w, 1)
 
@@ -97,7 +101,7 @@ class CNNDetector(SyntheticDetector):
         self.net: SmallCNN | None = None
 
     def _fit(self, real: torch.Tensor, synthetic: torch.Tensor,
-             generator: torch.Generator) -> None:
+             generator: torch.Generator) -> None:         # scored again in eval mode (BatchNorm)
         if real.ndim != 4:
             raise ValueError(f"cnn detector: expected images (N, C, H, W), got shape "
                              f"{tuple(real.shape)}")
@@ -112,7 +116,7 @@ class CNNDetector(SyntheticDetector):
         net.to(x.device)
         steps_per_epoch = math.ceil(len(x) / int(c.batch_size))
         opt = torch.optim.AdamW(net.parameters(), lr=float(c.lr),
-                                weight_decay=float(c.weight_decay))
+                                weight_decay=float(c.weight_decay), foreach=True)
         schedule = torch.optim.lr_scheduler.OneCycleLR(
             opt, max_lr=float(c.lr), total_steps=int(c.epochs) * steps_per_epoch)
         net.train()

@@ -69,7 +69,7 @@ class LinearProbeDetector(SyntheticDetector):
                                       device=self.device).to(self.device, torch.float64)
 
     def _fit(self, real: torch.Tensor, synthetic: torch.Tensor,
-             generator: torch.Generator) -> None:
+             generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         f = self.features(torch.cat([real, synthetic]))
         y = torch.cat([torch.zeros(len(real)), torch.ones(len(synthetic))]).to(f)
         n = len(f)
@@ -96,6 +96,8 @@ class LinearProbeDetector(SyntheticDetector):
             opt.step(closure)
         self.iterations = int(opt.state[w].get("n_iter", 0))   # L-BFGS keeps it on the first parameter
         self.w, self.b = w.detach(), b.detach()
+        scores = (z @ self.w + self.b).float()           # the training features, not re-extracted
+        return scores[:len(real)], scores[len(real):]
 
     def _scores(self, x: torch.Tensor) -> torch.Tensor:
         z = (self.features(x) - self.mean) / self.scale

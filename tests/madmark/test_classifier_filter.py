@@ -50,7 +50,7 @@ def test_fresh_data_loop_with_the_classifier_filter(cli, tmp_path):
         assert (row["detector_train_n_real"], row["detector_train_n_synth"]) == ("500", "300")
         assert row["detector_calib_n"] == "500"
         assert float(row["detector_calib_fpr"]) == pytest.approx((n_calib - k) / n_calib)
-        assert float(row["detector_train_acc"]) > 0.95
+        assert float(row["detector_train_acc"]) > 0.95         # at the calibrated threshold
         assert row["filter_n_in"] == "600"
         assert int(row["filter_synth_caught"]) + int(row["filter_synth_missed"]) == 300
         assert float(row["filter_tpr"]) > 0.95         # PCA + GMM digits are easy to tell apart
@@ -58,21 +58,29 @@ def test_fresh_data_loop_with_the_classifier_filter(cli, tmp_path):
         assert int(row["n_pool"]) == 600 - int(row["filter_real_dropped"]) - int(
             row["filter_synth_caught"])
     ckpt = Checkpoints(run / "state")
-    for t in (1, 2, 3):                        # the held-out draws, stored for a resumed run
+    for t in (1, 2):                           # the held-out draws, stored for a resumed run
         assert tuple(ckpt.load(t)["filter_train"].shape) == (300, 1, 28, 28)
+    assert "filter_train" not in ckpt.load(3)  # no generation trains on the last one's
     assert "filter_tpr" in (run / "report.md").read_text()
 
 
-def test_classifier_filter_beside_a_watermark_with_the_probe(cli, tmp_path):
+def test_classifier_filter_beside_a_watermark(cli, tmp_path):
     code, _, err = cli("run", "loop=synthetic_augmentation", "watermark=spread_spectrum",
-                       "filter.kind=probe", "loop.generations=2", *CLASSIFIER)
+                       "loop.generations=2", *CLASSIFIER)
     assert code == 0, err
-    rows = read_csv(only_run(tmp_path / "outputs") / "results.csv")
-    row = rows[1]
-    assert row["wm_method"] == "spread_spectrum" and row["filter_kind"] == "probe"
-    assert row["filter_detector"].startswith("probe(random_cnn(")
+    row = read_csv(only_run(tmp_path / "outputs") / "results.csv")[1]
+    assert row["wm_method"] == "spread_spectrum" and row["filter_kind"] == "cnn"
     assert row["filter_marked_n"] == "300"     # measured against provenance, never shown to it
     assert float(row["filter_tpr"]) > 0.9
+
+
+def test_probe_on_frozen_random_cnn_features(cli, tmp_path):
+    code, _, err = cli("run", "loop=fresh_data", "loop.generations=2", *CLASSIFIER,
+                       "filter.kind=probe", "filter.n_draw=200")
+    assert code == 0, err
+    row = read_csv(only_run(tmp_path / "outputs") / "results.csv")[1]
+    assert row["filter_kind"] == "probe" and row["filter_detector"].startswith("probe(random_cnn(")
+    assert row["detector_train_n_synth"] == "200" and float(row["filter_tpr"]) > 0.9
 
 
 def test_too_few_synthetic_samples_stop_the_run_and_keep_generation_1(cli, tmp_path):
@@ -129,3 +137,21 @@ def test_config_file_repeats_the_detector_defaults():
     cfg = OmegaConf.load(REPO / "configs" / "filter" / "classifier.yaml")
     assert OmegaConf.to_container(cfg.cnn) == asdict(CNNDetectorConfig())
     assert OmegaConf.to_container(cfg.probe) == asdict(ProbeDetectorConfig())
+
+
+def test_a_missing_draw_names_the_generation_to_recompute():
+    """A checkpoint without its held-out draw (e.g. written before the draws existed)."""
+    import torch
+
+    from eval.detectors import CNNDetector
+    from loops.errors import LoopError
+    from madmark.classifier_filter import ClassifierFilter
+
+    f = ClassifierFilter(CNNDetector, "cnn", torch.zeros(300, 1, 4, 4), 150, 0.01, 100, 50,
+                         "previous", 0, torch.device("cpu"))
+    f.remember(1, torch.zeros(100, 1, 4, 4))
+    x, which = f.training_set(2)
+    assert len(x) == 100 and which == "g1"
+    with pytest.raises(LoopError, match="no held-out draw of generation 2") as error:
+        f.training_set(3)
+    assert "resume_from=2" in str(error.value)
