@@ -20,6 +20,11 @@ so the script also times the classifier filter's own work in-process (``classifi
 held-out draw of 500 PCA+GMM samples, training and calibrating the detector, flagging a
 1,000 + 1,000 pool; median of ``--repeats`` × 3) and prints 1 + classifier_s ÷ the ``none``
 generation's wall seconds as a second estimate of the ratio.
+
+Measured (2 shared CPU cores, load 1–2, 2 repeats): a ``none`` generation 2.79 s wall (2.68 s
+CPU), a ``classifier`` one 3.12 s (2.83 s CPU): ratio 1.12 wall, 1.06 CPU. The filter's own work
+is 0.66 s (ratio_direct 1.24); the whole generation grows by less because the filter drops the
+pool's synthetic half, so the PCA+GMM fits 1,000 samples instead of 2,000.
 """
 from __future__ import annotations
 

@@ -38,7 +38,7 @@ def test_rows_hold_each_detectors_fpr_and_tpr_per_model_and_the_watermarks():
     assert wm["tpr_noise"] == wm["tpr_brighter"] == 1.0
 
 
-@pytest.mark.slow                 # ~1-2 min: a PCA+GMM, a second generation of it and a tiny VAE
+@pytest.mark.slow          # 10-40 s with the load: two PCA+GMM generations and a tiny VAE
 def test_detectors_trained_on_pca_gmm_and_tested_on_a_vae():
     import importlib.util
 
