@@ -43,7 +43,9 @@ class Checkpoints:
 
     Each holds ``{"generation": t, "samples": S_t as it enters later pools (marked where the
     watermark stage ran), "origin", "marked", "label" (-1 = none), "model": state_dict,
-    "row": the generation's results row}``. A file exists only once its generation finished.
+    "row": the generation's results row}`` and, when the filter asks for one, "filter_train" (its
+    held-out draw, :class:`loops.stages.HeldOutDraw`). A file exists only once its generation
+    finished.
     """
 
     _pattern = re.compile(r"^g(\d{4})\.pt$")

@@ -5,11 +5,12 @@ One generation t (DESIGN.md):
     pool_t  = filter(t, pool_t)                     optional: drop what the detector flags
     model_t = new model, fit(pool_t.x, labels)      trained from scratch
     S_t     = model_t.sample(n_s, bias=λ)           conditional models: uniformly drawn labels
+    D_t     = model_t.sample(filter.draw.n)         only for a filter that asks (HeldOutDraw), t < T
     row_t   = pool composition + filter and fit stats + evaluators(S_t)   (S_t unmarked; an
                                                     evaluator may also take S_t's labels)
     S_t'    = watermark(t, S_t)                     optional: what enters later pools is marked
     sample_hooks(t, S_t)                            e.g. the sample grid, before the checkpoint
-    history.append(S_t'); checkpoint g<t> atomically; hooks(t, S_t, rows)
+    history.append(S_t'); checkpoint g<t> (with D_t) atomically; hooks(t, S_t, rows)
 
 The engine knows nothing of data files, configs or run directories: it gets real data as tensors
 and callables, and writes only to its :class:`~loops.checkpoint.Checkpoints`.
@@ -184,6 +185,9 @@ class LoopEngine:
                              record.get("label"))
             history.append(synthetic.subset(self._pooled(len(synthetic))))
             rows.append(record["row"])
+            draw = self.filter.draw if self.filter is not None else None
+            if draw is not None and "filter_train" in record:
+                draw.receive(t, record["filter_train"])
         return history, rows
 
     def run(self) -> list[Row]:
@@ -238,6 +242,7 @@ class LoopEngine:
                             "samples (the fit diverged)",
                             "use a simpler model or more samples per generation (loop.n_real, "
                             "loop.n_synthetic)")
+        held_out = self._held_out_draw(t, model)
         for evaluate in self.evaluators:
             extra = {"labels": labels} if takes_labels(evaluate) else {}
             row.update(evaluate(t, samples, model, **extra))
@@ -257,6 +262,37 @@ class LoopEngine:
                                       "marked": produced.marked.cpu(),
                                       "label": produced.label.cpu(),
                                       "model": {k: v.cpu() for k, v in model.state_dict().items()},
-                                      "row": row})
+                                      "row": row, **_held_out_record(held_out)})
             kill_point("after-checkpoint")          # tests only (madcore.faults)
+        if held_out is not None:
+            self.filter.draw.receive(t, held_out)
         return samples, produced, row
+
+    def _held_out_draw(self, t: int, model: GenerativeModel) -> Optional[torch.Tensor]:
+        """D_t: the filter's :class:`~loops.stages.HeldOutDraw` of generation t, ``n`` samples of
+        model_t at S_t's bias with their own streams (seed, t, "filter-train" and, for
+        conditional models, "filter-train-labels"), drawn after S_t so S_t is the same with or
+        without it; None when the filter asks for none, and at the last generation (no later
+        generation trains on it)."""
+        draw = self.filter.draw if self.filter is not None else None
+        s = self.settings
+        if draw is None or draw.n < 1 or t >= s.generations:
+            return None
+        conditioning = {}
+        if model.conditional:
+            conditioning = {"labels": torch.randint(
+                model.num_classes, (draw.n,), device=self.device,
+                generator=generator(s.seed, t, "filter-train-labels", self.device))}
+        x = model.sample(draw.n, bias=s.bias, **conditioning,
+                         generator=generator(s.seed, t, "filter-train", self.device))
+        if not torch.isfinite(x).all():
+            raise LoopError(f"generation {t}: the {type(model).__name__} produced non-finite "
+                            "samples for the filter's held-out draw (the fit diverged)",
+                            "use a simpler model or more samples per generation (loop.n_real, "
+                            "loop.n_synthetic)")
+        return x
+
+
+def _held_out_record(held_out: Optional[torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The checkpoint entry of a held-out draw D_t (``filter_train``); none without one."""
+    return {} if held_out is None else {"filter_train": held_out.cpu()}

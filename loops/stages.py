@@ -5,14 +5,16 @@
     S_t    = watermark(S_t)          WatermarkStage: mark the samples that enter later pools
 
 Both take plain callables, so the engine knows nothing of keys, methods or detectors
-(``madmark.watermarking`` builds them from the run's config). The filter sees pixels only; the
-pool's provenance is used afterwards to *measure* it, never to decide.
+(``madmark.watermarking`` and ``madmark.classifier_filter`` build them from the run's config). The
+filter sees pixels only; the pool's provenance is used afterwards to *measure* it, never to decide.
+A learned detector may also ask for a :class:`HeldOutDraw`: extra samples of each generation's
+model, drawn by the engine for it alone (never pooled), to train on in later generations.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import torch
 
@@ -25,6 +27,8 @@ from loops.pool import Pool
 MarkFn = Callable[[int, torch.Tensor], torch.Tensor]
 #: ``flag(t, x) -> flagged``: bool (N,) for the pool x (N, C, H, W) of generation t.
 FlagFn = Callable[[int, torch.Tensor], torch.Tensor]
+#: ``columns(t) -> row columns`` of the detector itself for generation t, after :meth:`flag` ran
+ColumnsFn = Callable[[int], dict[str, Any]]
 
 _MARKED = "the pooled part of S_t: marked vs unmarked, before it enters later pools"
 #: the columns :class:`WatermarkStage` writes, in order
@@ -91,6 +95,24 @@ class WatermarkStage:
 
 
 @dataclass
+class HeldOutDraw:
+    """Samples of every generation's model drawn for a learned filter only (the classifier
+    filter's synthetic training set): right after S_t (t < T: no generation after the last one
+    needs its draw) the engine draws ``n`` samples from model_t with their own random stream
+    (seed, t, "filter-train") and S_t's bias, stores them in checkpoint g<t> (``filter_train``),
+    and hands them to ``receive`` — again from the checkpoint when a run resumes. They never enter
+    a pool, an evaluator or the watermark stage.
+
+    Attributes:
+        n: samples per generation.
+        receive: ``receive(t, x)`` with generation t's draw x (n, ...) on the engine's device.
+    """
+
+    n: int
+    receive: Callable[[int, torch.Tensor], None]
+
+
+@dataclass
 class FilterStage:
     """Drops the pool samples a detector flags, and measures it against provenance.
 
@@ -98,18 +120,24 @@ class FilterStage:
         flag: the detection callable (pixels only).
         min_pool: fewest samples left to fit a model; fewer stops the run with a clear error.
         alpha: the detector's target false-positive rate (recorded, and named in errors).
+        columns: the detector's own row columns for generation t, written after
+            :data:`FILTER_COLUMNS` (None: none).
+        draw: held-out samples the detector needs from each generation's model (None: none).
     """
 
     flag: FlagFn
     min_pool: int = 2
     alpha: float = 0.01
+    columns: Optional[ColumnsFn] = None
+    draw: Optional[HeldOutDraw] = None
 
     def __call__(self, t: int, pool: Pool) -> tuple[Pool, dict[str, float | int]]:
         """The kept pool and the row columns:
 
         filter_n_in, filter_real_dropped, filter_real_drop_rate (empirical FPR on real samples),
         filter_synth_caught, filter_synth_missed, filter_tpr (caught / synthetic; NaN without
-        synthetic samples), filter_marked_caught, filter_marked_n, real_fraction_before.
+        synthetic samples), filter_marked_caught, filter_marked_n, real_fraction_before; then
+        those of ``columns(t)``.
         """
         flagged = self.flag(t, pool.x).to(pool.origin.device).bool()
         if flagged.shape != (len(pool),):
@@ -131,12 +159,14 @@ class FilterStage:
             "filter_marked_caught": int((flagged & pool.marked).sum()),
             "real_fraction_before": n_real / len(pool) if len(pool) else math.nan,
         }
+        if self.columns is not None:
+            stats.update(self.columns(t))
         kept = pool.subset(~flagged)
         if len(kept) < self.min_pool:
             raise LoopError(
                 f"generation {t}: the filter flagged {int(flagged.sum())} of {len(pool)} pool samples "
                 f"({real_dropped} real, {caught} synthetic), leaving {len(kept)}: too few to fit a "
                 f"model (filter.min_pool={self.min_pool})",
-                "a fully synthetic loop has nothing left once its marked samples are caught: use "
+                "a fully synthetic loop has nothing left once its synthetic samples are caught: use "
                 "loop=synthetic_augmentation or loop=fresh_data with the filter, or filter=none")
         return kept, stats

@@ -23,6 +23,7 @@ import eval.idempotence
 import loops.engine
 import loops.pool
 import loops.stages
+import madmark.classifier_filter
 import madmark.evaluation
 import madmark.metrics
 import madmark.watermarking
@@ -39,8 +40,11 @@ _MODELS = (GaussianModel, GMMModel, PCAGMMModel, FlowModel, DDPMModel, WGANGPMod
 PRODUCERS: tuple[Producer, ...] = (
     Producer("loops.engine.LoopEngine", _EVERY, loops.engine.COLUMNS),
     Producer("loops.pool.Pool.composition", _EVERY, loops.pool.COLUMNS),
-    Producer("loops.stages.FilterStage", "runs with `filter=detector` (which needs a watermark)",
-             loops.stages.FILTER_COLUMNS),
+    Producer("loops.stages.FilterStage", "runs with a filter: `filter=detector` (which needs a "
+             "watermark) or `filter=classifier`", loops.stages.FILTER_COLUMNS),
+    Producer("madmark.classifier_filter.ClassifierFilter",
+             "runs with `filter=classifier` (a learned real-vs-synthetic detector)",
+             madmark.classifier_filter.COLUMNS),
     *(Producer(f"loops.models.{m.__name__}.fit", f"runs whose model is {m.__name__}",
                m.fit_columns) for m in _MODELS),
     Producer("madmark.evaluation.spread_evaluator", _EVERY,

@@ -50,7 +50,8 @@ WATERMARK_TABLE = declared(("generation", "wm_psnr", "inherit_bit_acc", "inherit
 #: n_pool describe the pool after it)
 FILTER_TABLE = declared(("generation", "filter_n_in", "filter_synth_caught", "filter_synth_missed",
                          "filter_tpr", "filter_real_dropped", "filter_real_drop_rate",
-                         "real_fraction_before", "real_fraction", "n_pool"))
+                         "real_fraction_before", "real_fraction", "n_pool", "filter_trained",
+                         "detector_train_from", "detector_train_acc", "detector_calib_fpr"))
 #: settings of the watermark metrics (constant over a run)
 WATERMARK_SETTINGS = declared(("wm_method", "wm_bits", "wm_alpha", "artifact_n_probe",
                                "artifact_band_fraction", "growth_baseline"))
@@ -190,14 +191,23 @@ def _settings_line(first: dict[str, Any], columns: tuple[str, ...]) -> str:
 def watermark_settings_lines(rows: list[dict[str, Any]]) -> list[str]:
     """What the watermark and filter columns are computed on (report.md's header lines)."""
     settings = _settings_line(rows[0], WATERMARK_SETTINGS)
-    lines = ["- watermark metrics computed on: " + (settings + "; " if settings else "")
-             + "inheritance (bit accuracy, detection rate at wm_alpha) and artifact energy on the "
-               "unmarked samples S_t, before the watermark stage; growth = value ÷ value at "
-               "generation growth_baseline; wm_psnr: marked vs unmarked pooled samples"]
+    lines = []
+    if rows[0].get("wm_method", "") != "":     # (a classifier filter runs without a watermark)
+        lines.append("- watermark metrics computed on: " + (settings + "; " if settings else "")
+                     + "inheritance (bit accuracy, detection rate at wm_alpha) and artifact "
+                       "energy on the unmarked samples S_t, before the watermark stage; growth = "
+                       "value ÷ value at generation growth_baseline; wm_psnr: marked vs unmarked "
+                       "pooled samples")
     if any(r.get("filter_n_in", "") != "" for r in rows):
         lines.append("- filter: runs on the pool before generation t is fitted; TPR = filter_tpr "
                      "(synthetic samples caught), FPR = filter_real_drop_rate (real samples "
                      "dropped); real_fraction and n_pool describe the pool after it")
+    if rows[0].get("filter_kind", "") != "":
+        lines.append(f"- classifier filter: {rows[0].get('filter_detector', '?')}, trained at "
+                     "generation t on the reference split's training part (real) against the "
+                     "held-out draws of earlier models named in detector_train_from (synthetic), "
+                     "never on the pool; threshold calibrated on held-out real images; "
+                     "generation 1 passes the pool through (filter_trained=False)")
     return lines
 
 

@@ -35,6 +35,7 @@ from loops.engine import LoopEngine, LoopSettings
 from loops.families import LoopFamily
 from loops.stages import FilterStage, WatermarkStage
 from madmark.cas import build_cas, check_cas_data
+from madmark.classifier_filter import build_classifier_filter
 from madmark.config_schema import check_config, implied_types
 from madmark.console import GenerationProgress, format_table
 from madcore.errors import MadmarkError
@@ -220,14 +221,33 @@ def check_eval_sizes(cfg: DictConfig, n_reference: int, n_samples: int) -> None:
                            "loop.n_synthetic), or set eval.enabled=false")
 
 
-def attach_watermark(cfg: DictConfig, engine: LoopEngine, run_wm: RunWatermark | None) -> None:
-    """Add the watermark stage, the filter stage and the watermark columns to the engine."""
+#: filter.method -> what flags the pool: the run's watermark detector, or a learned detector
+FILTER_METHODS = ("watermark", "classifier")
+
+
+def filter_method(cfg: DictConfig) -> str | None:
+    """The enabled filter's detector (``filter.method``; configs without it filter with the
+    watermark), or None without a filter."""
     filter_cfg = cfg.get("filter")
-    filtering = filter_cfg is not None and bool(filter_cfg.enabled)
+    if filter_cfg is None or not bool(filter_cfg.enabled):
+        return None
+    method = str(filter_cfg.get("method", "watermark"))
+    if method not in FILTER_METHODS:
+        raise MadmarkError(f"filter.method={method} is not one of {', '.join(FILTER_METHODS)}",
+                           "choose filter=detector (the watermark's) or filter=classifier")
+    return method
+
+
+def attach_watermark(cfg: DictConfig, engine: LoopEngine, run_wm: RunWatermark | None) -> None:
+    """Add the watermark stage, the watermark filter stage and the watermark columns to the
+    engine."""
+    filter_cfg = cfg.get("filter")
+    filtering = filter_method(cfg) == "watermark"
     if run_wm is None:
         if filtering:
             raise MadmarkError("filter=detector needs a watermark to detect, but watermark=none",
-                               "add watermark=spread_spectrum (or another method), or filter=none")
+                               "add watermark=spread_spectrum (or another method), use "
+                               "filter=classifier (a learned detector), or filter=none")
         return
     if run_wm.marks:
         engine.watermark = WatermarkStage(run_wm.mark, run_wm.method_name, detect=run_wm.own_flags)
@@ -282,6 +302,11 @@ def _run(cfg: DictConfig, run: RunDir, device: torch.device) -> list[dict]:
     finished = run.checkpoints.finished()
     if run_wm is not None and finished:
         run_wm.check_same_key(run.checkpoints.load(finished[-1], map_location="cpu")["row"])
+    if filter_method(cfg) == "classifier":          # the learned detector (no watermark needed)
+        with dist.main_first():                      # a LeNet for probe features is cached once
+            classifier = build_classifier_filter(cfg.filter, splits, data_name(cfg),
+                                                 int(cfg.seed), device)
+        engine.filter = classifier.stage(int(cfg.filter.min_pool))
     if run_wm is not None:
         engine.evaluators.append(run_wm.artifact_evaluator(splits.train, splits.reference))
 

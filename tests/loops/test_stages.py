@@ -13,9 +13,11 @@ from loops.models.base import GenerativeModel
 from loops.pool import Pool
 from loops import engine as engine_module
 from loops import pool as pool_module
-from loops.stages import FILTER_COLUMNS, WATERMARK_COLUMNS, FilterStage, WatermarkStage
+from loops.stages import (FILTER_COLUMNS, WATERMARK_COLUMNS, FilterStage, HeldOutDraw,
+                          WatermarkStage)
 from madcore.columns import names
 from madcore.quality import pooled_psnr
+from madcore.rng import generator
 
 SHAPE = (1, 4, 4)
 
@@ -192,3 +194,60 @@ def test_labels_flow_from_real_data_through_conditional_models(tmp_path):
     # resume rebuilds the synthetic history with its labels (ClassMeans.fit needs labels for all)
     history, _ = engine.resume_state()
     assert (history[1].label == Checkpoints(tmp_path).load(2)["label"]).all()
+
+
+# -- a learned filter's columns and held-out draws (loops.stages.HeldOutDraw) ---------------------
+class DrawRecorder:
+    """A toy learned filter: flags the mark pixel, keeps every held-out draw it is handed."""
+
+    def __init__(self, n):
+        self.n, self.received = n, {}
+
+    def receive(self, t, x):
+        self.received[t] = x.clone()
+
+    def stage(self):
+        return FilterStage(flag, min_pool=10, draw=HeldOutDraw(self.n, self.receive),
+                           columns=lambda t: {"toy_draws_seen": len(self.received)})
+
+
+def test_filter_stage_appends_its_detectors_columns_after_the_declared_ones():
+    x = torch.zeros(6, *SHAPE)
+    _, stats = FilterStage(flag, columns=lambda t: {"toy_t": t})(3, Pool.real(x))
+    assert tuple(stats) == (*names(FILTER_COLUMNS), "toy_t") and stats["toy_t"] == 3
+
+
+def test_engine_draws_held_out_samples_stores_them_and_hands_them_back_on_resume(tmp_path):
+    plain = toy_engine(tmp_path / "plain").run()                  # the same filter, no draw
+    recorder = DrawRecorder(25)
+    engine = toy_engine(tmp_path / "draws", filtering=False)
+    engine.filter = recorder.stage()
+    rows = engine.run()
+    ckpt, plain_ckpt = Checkpoints(tmp_path / "draws"), Checkpoints(tmp_path / "plain")
+    assert "filter_train" not in ckpt.load(3) and sorted(recorder.received) == [1, 2]
+    for t in (1, 2):                                # the last generation's draw is never used
+        record = ckpt.load(t)
+        # S_t is what a run without the draw makes: the draw has its own stream, after S_t
+        assert torch.equal(record["samples"], plain_ckpt.load(t)["samples"])
+        assert torch.equal(record["filter_train"], recorder.received[t])
+        assert record["filter_train"].shape == (25, *SHAPE)
+        assert not torch.equal(record["filter_train"][:25], record["samples"][:25])
+        # D_t is model_t's own stream: refit model_t from its state and redraw it
+        model = FlatGaussian()
+        model.load_state_dict(record["model"])
+        again = model.sample(25, 1.0, generator=generator(1, t, "filter-train"))
+        assert torch.equal(again, record["filter_train"])
+    assert [r.pop("toy_draws_seen") for r in rows] == [0, 1, 2]       # columns(t) after flag(t)
+    assert rows == plain                            # draws never enter a pool, a fit or a row
+    # a resumed engine gets the finished generations' draws back from their checkpoints
+    resumed = DrawRecorder(25)
+    again = toy_engine(tmp_path / "draws", filtering=False)
+    again.filter = resumed.stage()
+    again.resume_state()
+    assert sorted(resumed.received) == [1, 2]
+    assert all(torch.equal(resumed.received[t], recorder.received[t]) for t in (1, 2))
+
+
+def test_filter_without_a_draw_stores_none(tmp_path):
+    toy_engine(tmp_path).run()
+    assert "filter_train" not in Checkpoints(tmp_path).load(2)

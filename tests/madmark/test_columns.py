@@ -18,6 +18,8 @@ RUNS = {
     "loops.engine.LoopEngine": lambda cfg: True,
     "loops.pool.Pool.composition": lambda cfg: True,
     "loops.stages.FilterStage": lambda cfg: bool(cfg.filter.enabled),
+    "madmark.classifier_filter.ClassifierFilter":
+        lambda cfg: bool(cfg.filter.enabled) and cfg.filter.get("method") == "classifier",
     "madmark.evaluation.spread_evaluator": lambda cfg: True,
     "madmark.metrics.GenerationMetrics": lambda cfg: bool(cfg.eval.enabled),
     "eval.cas.ClassificationAccuracyScore": lambda cfg: bool(cfg.eval.cas),
@@ -75,6 +77,8 @@ CONFIGS = {
     "control": [*TINY, "loop.generations=2", "watermark=spread_spectrum", "arm=control"],
     "watermark_generation_keys": [*TINY, "loop.generations=3", "watermark=spread_spectrum_aware",
                                   "watermark.key_mode=generation"],
+    "classifier_filter": [*TINY, "loop.generations=2", "loop=fresh_data", "filter=classifier",
+                          "filter.n_draw=200", "filter.cnn.epochs=1"],
     "vae": [*(o for o in TINY if not o.startswith("model.")), "loop.generations=1", "model=vae_tiny", "model.epochs=1",
             "model.prior_steps=20"],
     "latent_diffusion": [*(o for o in TINY if not o.startswith("model.")), "loop.generations=1",
