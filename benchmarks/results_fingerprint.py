@@ -47,6 +47,8 @@ CASES: dict[str, list[str]] = {
     "autophagy_robustness": ["experiment=autophagy_robustness", "loop.generations=2",
                              *TINY_MNIST],
     "autophagy_aware": ["experiment=autophagy_aware", "loop.generations=2", *TINY_MNIST],
+    "filter_comparison": ["experiment=filter_comparison", "arm=classifier_filter",
+                          "loop.generations=2", "filter.n_draw=200", *TINY_MNIST],
     "autophagy_robustness_digits32": ["experiment=autophagy_robustness", "watermark=digits32",
                                       "arm=control", "loop.generations=2", *TINY_MNIST],
     "mad_flow_2d": ["experiment=mad_flow_2d", "loop.generations=2", "data.n_train=500",

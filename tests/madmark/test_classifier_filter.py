@@ -155,3 +155,29 @@ def test_a_missing_draw_names_the_generation_to_recompute():
     with pytest.raises(LoopError, match="no held-out draw of generation 2") as error:
         f.training_set(3)
     assert "resume_from=2" in str(error.value)
+
+
+@pytest.mark.slow        # three runs, ~1-3 min on 2 cores
+def test_the_filter_comparison_preset_runs_each_arm(cli, tmp_path):
+    """experiment=filter_comparison: no filter, the watermark filter and the classifier filter
+    write the same filter columns (and CAS) side by side."""
+    tiny = ["loop.generations=2", "loop.n_real=300", "loop.n_synthetic=300",
+            "model.n_components=16", "model.gmm_components=4", "eval.n_real=300",
+            "eval.kid=false", "progress=false", "samples_grid=0"]
+    code, _, err = cli("run", "-m", "experiment=filter_comparison",
+                       "arm=control,watermark_filter,classifier_filter", "loop=fresh_data",
+                       *tiny)
+    assert code == 0, err
+    (sweep,) = (tmp_path / "outputs" / "filter_comparison").iterdir()
+    rows = {}
+    for job in sorted(p for p in sweep.iterdir() if p.is_dir()):
+        cfg = (job / "config.yaml").read_text()
+        rows[job.name] = (cfg, read_csv(job / "results.csv"))
+    assert len(rows) == 3
+    kinds = set()
+    for cfg, (first, second) in rows.values():
+        assert 0 <= float(second["cas"]) <= 1
+        if "filter_tpr" in second:
+            kinds.add(second.get("filter_kind", "watermark"))
+            assert float(second["filter_tpr"]) > 0.9          # both filters catch S_1's samples
+    assert len(kinds) == 2
