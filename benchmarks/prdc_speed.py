@@ -35,6 +35,11 @@ Threads: ``--threads`` (default: madmark's budget rule, :func:`madmark.threads.b
 applied to torch for parts 1, 3 and 4's headline ratio; a library call uses the caller's torch
 setting, as here. prdc runs as a user calls it (its sklearn ``pairwise_distances(n_jobs=8)``
 and numpy's BLAS at their defaults).
+
+Oversubscription: torch's OpenMP (libgomp) threads spin-wait between parallel regions by default;
+with other CPU-bound work on the cores that spinning is what made 2 threads 3-5x slower than 1.
+``OMP_WAIT_POLICY=PASSIVE`` in the environment (read when libgomp loads, i.e. before ``import
+torch``; run ``OMP_WAIT_POLICY=PASSIVE python benchmarks/prdc_speed.py ...``) removes it.
 """
 from __future__ import annotations
 
