@@ -86,6 +86,7 @@ def test_unknown_command(cli):
     assert code == 2 and "unknown command" in err
 
 
+@pytest.mark.slow        # ~25 s; the joblib launcher test runs a multirun by default
 def test_multirun_sweep_runs_every_combination(cli, tmp_path):
     code, _, err = cli("run", "-m", *FAST, "name=sweep", "loop.bias=1.0,0.8", "seed=0,1")
     assert code == 0, err

@@ -8,6 +8,7 @@ from tests.madmark.conftest import run_dirs
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
+@pytest.mark.slow        # ~25 s; tests/loops/models/test_wgan.py trains the WGAN by default
 def test_wgan_preset_smoke_run(cli, tmp_path):
     code, _, err = cli("run", "experiment=mad_wgan_mnist", "model=wgan_gp_tiny",
                        "loop.generations=2", "progress=false", "loop.n_real=500",

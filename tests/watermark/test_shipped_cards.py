@@ -74,6 +74,6 @@ def test_recipe_composes_to_the_training_config_its_card_records(recipe):
         cfg = compose("train_watermark", overrides=[f"recipe={recipe}"])
     composed = OmegaConf.to_container(cfg, resolve=True)
     recorded = recorded_training(recipe)
-    where = ("device", "out_dir", "name", "hydra", "debug", "resume")
+    where = ("device", "threads", "out_dir", "name", "hydra", "debug", "resume")
     assert {k: v for k, v in composed.items() if k not in where} == \
            {k: v for k, v in recorded.items() if k not in where}
