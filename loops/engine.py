@@ -230,18 +230,7 @@ class LoopEngine:
                               labels=pool.labels())
         row.update({f"{FIT_PREFIX}{k}": v for k, v in fit_stats.items()})
         n_sample = s.n_synthetic if s.n_synthetic > 0 else s.n_real
-        labels, conditioning = None, {}
-        if model.conditional:
-            labels = torch.randint(model.num_classes, (n_sample,), device=self.device,
-                                   generator=generator(s.seed, t, "labels", self.device))
-            conditioning = {"labels": labels}
-        samples = model.sample(n_sample, bias=s.bias, **conditioning,
-                               generator=generator(s.seed, t, "sample", self.device))
-        if not torch.isfinite(samples).all():
-            raise LoopError(f"generation {t}: the {type(model).__name__} produced non-finite "
-                            "samples (the fit diverged)",
-                            "use a simpler model or more samples per generation (loop.n_real, "
-                            "loop.n_synthetic)")
+        samples, labels = self._sample(model, t, n_sample, "sample", "labels", "samples")
         held_out = self._held_out_draw(t, model)
         for evaluate in self.evaluators:
             extra = {"labels": labels} if takes_labels(evaluate) else {}
@@ -275,22 +264,31 @@ class LoopEngine:
         without it; None when the filter asks for none, and at the last generation (no later
         generation trains on it)."""
         draw = self.filter.draw if self.filter is not None else None
-        s = self.settings
-        if draw is None or draw.n < 1 or t >= s.generations:
+        if draw is None or draw.n < 1 or t >= self.settings.generations:
             return None
-        conditioning = {}
+        return self._sample(model, t, draw.n, "filter-train", "filter-train-labels",
+                            "samples for the filter's held-out draw")[0]
+
+    def _sample(self, model: GenerativeModel, t: int, n: int, purpose: str,
+                labels_purpose: str, what: str) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """n samples of model_t at the loop's bias from the stream (seed, t, purpose), and for a
+        conditional model the uniformly drawn labels it samples for, from (seed, t,
+        labels_purpose), drawn first (None otherwise). Non-finite samples (a diverged fit) are a
+        LoopError naming ``what`` was drawn."""
+        s = self.settings
+        labels, conditioning = None, {}
         if model.conditional:
-            conditioning = {"labels": torch.randint(
-                model.num_classes, (draw.n,), device=self.device,
-                generator=generator(s.seed, t, "filter-train-labels", self.device))}
-        x = model.sample(draw.n, bias=s.bias, **conditioning,
-                         generator=generator(s.seed, t, "filter-train", self.device))
+            labels = torch.randint(model.num_classes, (n,), device=self.device,
+                                   generator=generator(s.seed, t, labels_purpose, self.device))
+            conditioning = {"labels": labels}
+        x = model.sample(n, bias=s.bias, **conditioning,
+                         generator=generator(s.seed, t, purpose, self.device))
         if not torch.isfinite(x).all():
             raise LoopError(f"generation {t}: the {type(model).__name__} produced non-finite "
-                            "samples for the filter's held-out draw (the fit diverged)",
+                            f"{what} (the fit diverged)",
                             "use a simpler model or more samples per generation (loop.n_real, "
                             "loop.n_synthetic)")
-        return x
+        return x, labels
 
 
 def _held_out_record(held_out: Optional[torch.Tensor]) -> dict[str, torch.Tensor]:
