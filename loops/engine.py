@@ -9,6 +9,8 @@ One generation t (DESIGN.md):
     row_t   = pool composition + filter and fit stats + evaluators(S_t)   (S_t unmarked; an
                                                     evaluator may also take S_t's labels)
     S_t'    = watermark(t, S_t)                     optional: what enters later pools is marked
+                                                    (text: drawn again from model_t with the
+                                                    watermark in the sampler, S_t's stream)
     sample_hooks(t, S_t)                            e.g. the sample grid, before the checkpoint
     history.append(S_t'); checkpoint g<t> (with D_t) atomically; hooks(t, S_t, rows)
 
@@ -38,7 +40,7 @@ from loops.families import LoopFamily
 from loops.models.base import FIT_PREFIX, GenerativeModel, ProgressFn
 from loops.pool import Pool
 from madcore.rng import generator
-from loops.stages import FilterStage, WatermarkStage
+from loops.stages import FilterStage, SamplingWatermarkStage, WatermarkStage
 
 Row = dict[str, Any]
 #: ``evaluator(t, samples, model) -> dict`` adds metric columns to generation t's row. An
@@ -138,7 +140,8 @@ class LoopEngine:
         hooks: run after each generation is checkpointed.
         sample_hooks: run with each generation's unmarked samples S_t before its checkpoint.
         progress: ``progress(t) -> ProgressFn`` builds a fit progress callback for generation t.
-        watermark: optional stage marking the pooled part of S_t before it enters later pools.
+        watermark: optional stage marking the pooled part of S_t before it enters later pools
+            (a :class:`~loops.stages.SamplingWatermarkStage` draws it again, marked, from model_t).
         filter: optional stage dropping flagged pool samples before each fit.
     """
 
@@ -152,7 +155,7 @@ class LoopEngine:
     hooks: list[Hook] = field(default_factory=list)
     sample_hooks: list[SampleHook] = field(default_factory=list)
     progress: Optional[Callable[[int], Optional[ProgressFn]]] = None
-    watermark: Optional[WatermarkStage] = None
+    watermark: Optional[WatermarkStage | SamplingWatermarkStage] = None
     filter: Optional[FilterStage] = None
 
     def __post_init__(self):
@@ -238,7 +241,12 @@ class LoopEngine:
         produced = Pool.synthetic(samples, t, label=labels)
         if self.watermark is not None:
             pooled = self._pooled(len(samples))
-            marked_x, wm_stats = self.watermark(t, samples[pooled])
+            if isinstance(self.watermark, SamplingWatermarkStage):   # text: marks while sampling
+                marked_x, wm_stats = self.watermark(
+                    t, samples[pooled], model, s.bias,
+                    generator(s.seed, t, "sample", self.device))
+            else:
+                marked_x, wm_stats = self.watermark(t, samples[pooled])
             x = samples.clone()
             x[pooled] = marked_x.to(x.dtype)
             produced = Pool(x, produced.origin, pooled.clone(), produced.label)

@@ -94,6 +94,58 @@ class WatermarkStage:
         return marked, stats
 
 
+#: ``sample_marked(t, model, n, bias, generator) -> x_w``: n samples of generation t's model drawn
+#: with the watermark applied while sampling (text: a keyed token chooser in the logits)
+SampleMarkedFn = Callable[[int, Any, int, float, torch.Generator], torch.Tensor]
+
+_DRAWN = ("the pooled part of S_t: drawn again from model_t with the watermark in its sampler "
+          "(the same random stream as S_t)")
+#: the columns :class:`SamplingWatermarkStage` writes, in order
+SAMPLING_WATERMARK_COLUMNS = (
+    Column("n_marked_new", "samples drawn with the watermark", "count", _DRAWN),
+    Column("wm_changed_fraction", "fraction of the marked samples' tokens that differ from the "
+           "unmarked S_t drawn from the same random stream (0 when the mark changes nothing)",
+           "fraction in [0, 1]", _DRAWN),
+    Column("wm_detect_rate", "fraction of the marked samples that the detector of the key they "
+           "were marked with flags at wm_alpha", "fraction in [0, 1]", _DRAWN,
+           when="a detector is given (madmark run: always)"),
+)
+
+
+@dataclass
+class SamplingWatermarkStage:
+    """Marks at generation time, as LLM watermarks do: the pooled part of S_t is drawn again from
+    model_t with the watermark in its sampler, from the same random stream as the unmarked S_t
+    (which the evaluators measure), so a mark that changes nothing reproduces S_t exactly.
+
+    Attributes:
+        sample_marked: draws n marked samples of model_t (:data:`SampleMarkedFn`).
+        method: a name for the results row (``wm_method``).
+        detect: optional ``detect(t, x_w) -> flagged`` (N,) bool; gives ``wm_detect_rate``.
+    """
+
+    sample_marked: SampleMarkedFn
+    method: str = "watermark"
+    detect: Optional[FlagFn] = None
+
+    def __call__(self, t: int, x: torch.Tensor, model: Any, bias: float,
+                 generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+        """Marked samples with the shape of ``x`` (the unmarked pooled part of S_t, (N, ...)),
+        drawn by ``sample_marked`` from ``generator``, and the row columns
+        :data:`SAMPLING_WATERMARK_COLUMNS`."""
+        marked = self.sample_marked(t, model, len(x), bias, generator)
+        if marked.shape != x.shape:
+            raise LoopError(f"watermark method {self.method} drew shape {tuple(marked.shape)} "
+                            f"where S_t has {tuple(x.shape)}", "check the method's settings")
+        stats = {"n_marked_new": len(x),
+                 "wm_changed_fraction": (float((marked != x).double().mean()) if x.numel()
+                                         else math.nan)}
+        if self.detect is not None:
+            flagged = self.detect(t, marked).bool()
+            stats["wm_detect_rate"] = float(flagged.double().mean()) if len(x) else math.nan
+        return marked, stats
+
+
 @dataclass
 class HeldOutDraw:
     """Samples of every generation's model drawn for a learned filter only (the classifier
