@@ -1,7 +1,7 @@
 """A small decoder-only transformer language model (GPT; Radford et al. 2018, nanoGPT-style) for the
 text loop, trained from scratch on the pool's token sequences each generation.
 
-    m = GPTModel(n_layer=4, n_head=4, d_model=128, steps=2000)
+    m = GPTModel(n_layer=4, n_head=4, d_model=128, steps=1000)
     m.fit(x, generator)                            # x (N, L) int64 token ids in [1, V); 0 is BOS
     s = m.sample(n, bias=0.8, generator=g)         # (n, L) int64: temperature τ = λ = 0.8
     ll = m.log_likelihood(x)                       # (N,) float64 nats per sequence
@@ -9,9 +9,9 @@ text loop, trained from scratch on the pool's token sequences each generation.
 Network. Token embeddings (V, d) plus learned positional embeddings (L, d), ``n_layer`` pre-LN
 blocks x ← x + Attn(LN(x)), x ← x + MLP(LN(x)) (causal multi-head self-attention through
 ``F.scaled_dot_product_attention(is_causal=True)``; MLP d → 4d → d with GELU), a final LayerNorm
-and an output layer tied to the token embeddings. The logit of BOS is fixed at −∞ (BOS is never
-a next token), so :meth:`GPTModel.next_logits` and :meth:`GPTModel.log_likelihood` are the
-distribution the shared sampler draws from at τ = 1. Weights start as in GPT-2: N(0, 0.02²),
+and an output layer tied to the token embeddings, with no output for BOS (it is never a next
+token; :meth:`GPTModel.next_logits` gives it −∞), so the model's next-token distribution, its
+:meth:`GPTModel.log_likelihood` and what the shared sampler draws at τ = 1 are one and the same. Weights start as in GPT-2: N(0, 0.02²),
 residual output projections N(0, 0.02² / (2 · n_layer)), biases 0.
 
 Data. ``x`` (N, L) integer ids, BOS (0) excluded: sequence i is trained as the next-token
@@ -119,7 +119,8 @@ class Block(nn.Module):
 
 
 class GPT(nn.Module):
-    """Token ids (B, T) int64 -> next-token logits (B, T, V) (BOS's at −∞); T ≤ ``seq_len``."""
+    """Token ids (B, T) int64 -> next-token logits (B, T, V − 1) of the real tokens: column j is
+    token j + 1 (BOS is never a next token, so it has no output); T ≤ ``seq_len``."""
 
     def __init__(self, vocab_size: int, seq_len: int, n_layer: int, n_head: int, d_model: int,
                  dropout: float = 0.0) -> None:
@@ -140,7 +141,7 @@ class GPT(nn.Module):
 
     def forward(self, idx: torch.Tensor, cache: Optional[KVCache] = None, pos: int = 0,
                 last: bool = False) -> torch.Tensor:
-        """Logits (B, T, V), or (B, V) of the last position only with ``last``. ``cache`` and
+        """Logits (B, T, V − 1), or (B, V − 1) of the last position only with ``last``. ``cache`` and
         ``pos``: incremental decoding, ``idx`` being the tokens at positions pos … pos + T − 1
         (see :meth:`CausalSelfAttention.forward`)."""
         t = idx.shape[1]
@@ -148,8 +149,7 @@ class GPT(nn.Module):
         for i, block in enumerate(self.blocks):
             h = block(h, None if cache is None else cache[i], pos)
         h = self.ln_f(h[:, -1] if last else h)
-        logits = F.linear(h, self.wte.weight)                 # tied output layer
-        return logits.index_fill(-1, torch.tensor([BOS], device=idx.device), float("-inf"))
+        return F.linear(h, self.wte.weight[BOS + 1:])           # tied output layer, BOS left out
 
     def empty_cache(self, b: int, dtype: torch.dtype) -> KVCache:
         """Zeroed (keys, values) of every layer for ``b`` sequences, on the weights' device."""
@@ -192,8 +192,8 @@ class GPTModel(TextLM):
     )
 
     def __init__(self, n_layer: int = 4, n_head: int = 4, d_model: int = 128,
-                 dropout: float = 0.0, vocab_size: Optional[int] = None, steps: int = 2000,
-                 batch_size: int = 64, lr: float = 1e-3, weight_decay: float = 0.1,
+                 dropout: float = 0.0, vocab_size: Optional[int] = None, steps: int = 1000,
+                 batch_size: int = 32, lr: float = 1e-3, weight_decay: float = 0.1,
                  warmup_steps: int = 100, grad_clip: float = 1.0, ema_decay: float = 0.0,
                  top_p: Optional[float] = None, kv_cache: bool = True,
                  eval_batch_size: int = 256, precision: str = "auto") -> None:
@@ -296,7 +296,7 @@ class GPTModel(TextLM):
             inp = torch.cat([torch.full_like(target[:, :1], BOS), target[:, :-1]], dim=1)
             with autocast(device, amp):
                 logits = model(inp)
-            nll = F.cross_entropy(logits.float().flatten(0, 1), target.flatten(),
+            nll = F.cross_entropy(logits.float().flatten(0, 1), target.flatten() - 1,
                                   reduction="sum")
             opt.zero_grad(set_to_none=True)
             (nll * (world / tokens)).backward()                # DDP averages: the global mean
@@ -319,11 +319,18 @@ class GPTModel(TextLM):
 
     # -- likelihood and sampling ---------------------------------------------------------------
     def _forward(self, idx: torch.Tensor, **kw) -> torch.Tensor:
-        """The fitted network on ``idx`` (moved to the weights' device), float32 logits."""
+        """The fitted network on ``idx`` (moved to the weights' device): float32 logits of the
+        real tokens (…, V − 1) (see :class:`GPT`)."""
         net = require_fitted(self, self.net)
         device = net.wte.weight.device
         with autocast(device, autocast_dtype(device, self.precision)):
             return net(idx.to(device), **kw).float()
+
+    def _last_logits(self, idx: torch.Tensor, **kw) -> torch.Tensor:
+        """(B, V) float32 logits of the token after ``idx``, BOS's −∞, on ``idx``'s device."""
+        real = self._forward(idx, last=True, **kw)
+        bos = torch.full_like(real[:, :1], float("-inf"))
+        return torch.cat([bos, real], dim=1).to(idx.device)
 
     @torch.no_grad()
     def next_logits(self, context: torch.Tensor) -> torch.Tensor:
@@ -333,7 +340,7 @@ class GPTModel(TextLM):
         if context.ndim != 2 or not 1 <= context.shape[1] <= self.seq_len:
             raise LoopError(f"GPT context of shape {tuple(context.shape)}",
                             f"give (B, T) token ids with 1 <= T <= seq_len={self.seq_len}")
-        return self._forward(context, last=True).to(context.device)
+        return self._last_logits(context)
 
     @torch.no_grad()
     def log_likelihood(self, x: torch.Tensor) -> torch.Tensor:
@@ -351,8 +358,8 @@ class GPTModel(TextLM):
 
         def score(chunk: torch.Tensor) -> torch.Tensor:
             inp = torch.cat([torch.full_like(chunk[:, :1], BOS), chunk[:, :-1]], dim=1)
-            logp = torch.log_softmax(self._forward(inp).double(), dim=-1)
-            return logp.gather(-1, chunk.unsqueeze(-1)).squeeze(-1).sum(1)
+            logp = torch.log_softmax(self._forward(inp).double(), dim=-1)     # tokens 1 … V−1
+            return logp.gather(-1, chunk.unsqueeze(-1) - 1).squeeze(-1).sum(1)
 
         return map_chunks(score, x.long().to(device), self.eval_batch_size).to(x.device)
 
@@ -378,7 +385,7 @@ class GPTModel(TextLM):
                 raise RuntimeError(f"the KV cache holds {filled[0]} positions; got a context of "
                                    f"{t} (call once per step with the context so far)")
             filled[0] = t
-            return self._forward(ctx[:, -1:], cache=cache, pos=t - 1, last=True).to(ctx.device)
+            return self._last_logits(ctx[:, -1:], cache=cache, pos=t - 1)
 
         return step
 
