@@ -14,7 +14,7 @@ too, which is how LLM watermarks work: at generation time, in the logits.
 from __future__ import annotations
 
 from abc import abstractmethod
-from typing import Optional, Protocol
+from typing import Callable, Optional, Protocol
 
 import torch
 
@@ -63,7 +63,8 @@ class TextLM(GenerativeModel):
 
     Subclasses implement :meth:`fit` (on ``(N, L)`` int64), :meth:`next_logits`, ``state_dict``
     and ``load_state_dict``, and set :attr:`vocab_size` and :attr:`seq_len` when fitted. They may
-    override :meth:`log_likelihood` with a faster batched form."""
+    override :meth:`log_likelihood` with a faster batched form, and :meth:`logits_stepper` with
+    an incremental one (a key/value cache) that :meth:`sample` uses unchanged otherwise."""
 
     accepts = ("text",)
 
@@ -93,6 +94,23 @@ class TextLM(GenerativeModel):
             total += logp.gather(1, x[:, t:t + 1]).squeeze(1)
         return total
 
+    def logits_stepper(self, n: int,
+                       device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
+        """Where :meth:`sample` takes each step's logits from, for one call drawing ``n``
+        sequences whose context is on ``device``: a function called once per step, in order,
+        with the context so far ``ctx`` (n, t) int64 (t = 1, 2, …; BOS first), returning
+        (n, vocab_size) logits. This default is :meth:`next_logits` of the last ``seq_len``
+        tokens (BOS kept first past ``seq_len``); a model with an incremental state (a key/value
+        cache) overrides it to keep that state between the steps of one ``sample`` call."""
+
+        def step(ctx: torch.Tensor) -> torch.Tensor:
+            window = ctx[:, -self.seq_len:] if ctx.shape[1] > self.seq_len else ctx
+            if window[0, 0] != BOS:                       # past seq_len: keep BOS first
+                window = torch.cat([ctx[:, :1], window[:, 1:]], dim=1)
+            return self.next_logits(window)
+
+        return step
+
     @torch.no_grad()
     def sample(self, n: int, bias: float = 1.0, generator: Optional[torch.Generator] = None,
                labels: Optional[torch.Tensor] = None, chooser: Optional[TokenChooser] = None,
@@ -106,11 +124,9 @@ class TextLM(GenerativeModel):
         chooser = chooser or MultinomialChooser()
         device = generator.device if generator is not None else torch.device("cpu")
         ctx = torch.full((int(n), 1), BOS, dtype=torch.int64, device=device)
+        step_logits = self.logits_stepper(int(n), device)
         for _ in range(length):
-            window = ctx[:, -self.seq_len:] if ctx.shape[1] > self.seq_len else ctx
-            if window[0, 0] != BOS:                       # past seq_len: keep BOS first
-                window = torch.cat([ctx[:, :1], window[:, 1:]], dim=1)
-            logits = self.next_logits(window).float() / bias
+            logits = step_logits(ctx).float() / bias
             logits[:, BOS] = float("-inf")
             logits = nucleus_mask(logits, self.top_p)
             token = chooser.choose(logits, ctx, generator)

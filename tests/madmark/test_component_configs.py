@@ -18,6 +18,7 @@ VARIANTS = {
     "model/vae_tiny": "a tiny CPU VAE for smoke runs and tests (vae with smaller settings)",
     "model/latent_diffusion_tiny": "a tiny CPU latent diffusion for smoke runs and tests",
     "model/wgan_gp_tiny": "a tiny CPU WGAN-GP for smoke runs and tests",
+    "model/gpt_tiny": "a tiny CPU GPT for smoke runs and tests (gpt with smaller settings)",
     "data/photos256": "Photos at 256x256 for the invisible-watermark baselines (>= 256 px)",
 }
 OPTIONS = [f"{g}/{o}" for g in configs.COMPONENT_GROUPS for o in group_choices(g)]

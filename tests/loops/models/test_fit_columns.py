@@ -7,7 +7,7 @@ import inspect
 
 import loops.models
 from loops.models import (DDPMModel, FlowModel, GaussianModel, GenerativeModel, GMMModel,
-                          LatentDiffusionModel, PCAGMMModel, VAEModel, WGANGPModel)
+                          GPTModel, LatentDiffusionModel, PCAGMMModel, VAEModel, WGANGPModel)
 from loops.models.base import FIT_PREFIX
 from tests.loops.models.test_ddpm import TINY as DDPM_TINY
 from tests.loops.models.test_latent_diffusion import SMALL as LD_SMALL
@@ -18,6 +18,10 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 def vectors(n=64, d=2):
     return torch.randn(n, d, generator=torch.Generator().manual_seed(0))
+
+
+def tokens(n=32, length=8):
+    return torch.randint(1, 16, (n, length), generator=torch.Generator().manual_seed(0))
 
 
 def images(n=32):
@@ -36,6 +40,7 @@ CASES = {
     "vae_normal_prior": (lambda: VAEModel(latent_dim=2, width=4, epochs=1, prior="normal"),
                          images),
     "latent_diffusion": (lambda: LatentDiffusionModel(**{**LD_SMALL, "train_steps": 2}), images),
+    "gpt": (lambda: GPTModel(n_layer=1, n_head=1, d_model=8, steps=2, batch_size=8), tokens),
 }
 
 
