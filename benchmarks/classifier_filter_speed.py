@@ -6,6 +6,9 @@ Run (from the repository root; ~6 min on 2 CPU cores):
 
     python benchmarks/classifier_filter_speed.py
     python benchmarks/classifier_filter_speed.py --repeats 3 --extra filter.kind=probe
+    # the budget: the classifier filter and CAS together, at the default run's pool size
+    python benchmarks/classifier_filter_speed.py --extra eval.cas=true \
+        --common loop.n_real=2000 loop.n_synthetic=2000
 
 Each case is ``madmark run loop=fresh_data`` at its defaults (mnist5k, PCA+GMM, 1,000 fresh real
 digits + 1,000 synthetic per generation, LeNet metrics, sample grids), one torch thread, in a
@@ -107,8 +110,11 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--generations", type=int, default=4)
     ap.add_argument("--extra", nargs="*", default=[], help="overrides of the classifier case")
+    ap.add_argument("--common", nargs="*", default=[], help="overrides of both cases")
     args = ap.parse_args()
-    cases = {"none": ["filter=none"], "classifier": ["filter=classifier", *args.extra]}
+    cases = {"none": ["filter=none", *args.common],
+             "classifier": ["filter=classifier", *args.common, *args.extra]}
+    print(f"cases: {cases}")
     cpu: dict[str, list[float]] = {name: [] for name in cases}
     wall: dict[str, list[float]] = {name: [] for name in cases}
     print(f"loadavg_before: {loadavg()}")

@@ -104,10 +104,9 @@ class TextLM(GenerativeModel):
         cache) overrides it to keep that state between the steps of one ``sample`` call."""
 
         def step(ctx: torch.Tensor) -> torch.Tensor:
-            window = ctx[:, -self.seq_len:] if ctx.shape[1] > self.seq_len else ctx
-            if window[0, 0] != BOS:                       # past seq_len: keep BOS first
-                window = torch.cat([ctx[:, :1], window[:, 1:]], dim=1)
-            return self.next_logits(window)
+            if ctx.shape[1] > self.seq_len:               # past seq_len: keep BOS first
+                ctx = torch.cat([ctx[:, :1], ctx[:, ctx.shape[1] - self.seq_len + 1:]], dim=1)
+            return self.next_logits(ctx)
 
         return step
 
