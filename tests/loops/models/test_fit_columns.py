@@ -7,7 +7,7 @@ import inspect
 
 import loops.models
 from loops.models import (DDPMModel, FlowModel, GaussianModel, GenerativeModel, GMMModel,
-                          LatentDiffusionModel, PCAGMMModel, VAEModel, WGANGPModel)
+                          LatentDiffusionModel, NGramModel, PCAGMMModel, VAEModel, WGANGPModel)
 from loops.models.base import FIT_PREFIX
 from tests.loops.models.test_ddpm import TINY as DDPM_TINY
 from tests.loops.models.test_latent_diffusion import SMALL as LD_SMALL
@@ -24,6 +24,10 @@ def images(n=32):
     return torch.rand(n, 1, 8, 8, generator=torch.Generator().manual_seed(0))
 
 
+def tokens(n=32, length=8):
+    return torch.randint(1, 20, (n, length), generator=torch.Generator().manual_seed(0))
+
+
 CASES = {
     "gaussian": (GaussianModel, vectors),
     "gmm": (lambda: GMMModel(n_components=2, max_iter=5), vectors),
@@ -36,6 +40,7 @@ CASES = {
     "vae_normal_prior": (lambda: VAEModel(latent_dim=2, width=4, epochs=1, prior="normal"),
                          images),
     "latent_diffusion": (lambda: LatentDiffusionModel(**{**LD_SMALL, "train_steps": 2}), images),
+    "ngram": (lambda: NGramModel(order=3), tokens),
 }
 
 
