@@ -18,6 +18,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "radioactivity": ("madmark.commands.radioactivity",
                       "test whether a run's model was trained on data marked with its key"),
     "report": ("madmark.commands.report", "rewrite a run's report.md and plots from results.csv"),
+    "fetch-corpus": ("madmark.commands.fetch_corpus",
+                     "download a text corpus (shakespeare) into ~/.cache/madmark/corpora"),
 }
 
 USAGE = """usage: madmark <command> [overrides ...]

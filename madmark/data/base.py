@@ -1,7 +1,8 @@
 """The interface of a data source: a train split for the loop, a held-out reference split for
 evaluation, and fresh real draws for the fresh-data loop.
 
-Images are float32 ``(N, C, H, W)`` in [0, 1]; vectors are float32 ``(N, D)``. Labels, where the
+Images are float32 ``(N, C, H, W)`` in [0, 1]; vectors are float32 ``(N, D)``; text is int64
+``(N, L)`` token ids (BOS = 0 never occurs; :mod:`madmark.data.text_source`). Labels, where the
 source has them, are int64 ``(N,)``.
 """
 from __future__ import annotations
@@ -21,7 +22,7 @@ class Splits:
         train: (N_train, ...) real samples the loop trains on.
         reference: (N_ref, ...) held-out real samples, never trained on; used for evaluation.
         train_labels / reference_labels: int64 (N,) class labels, or None.
-        kind: "image" or "vector".
+        kind: "image", "vector" or "text".
         true_mean / true_cov: for analytic vector sources, the moments of the true distribution
             ((D,), (D, D) float64); None otherwise.
     """

@@ -26,6 +26,8 @@ def test_config_instantiates_the_source(name, tmp_path):
     cfg = composed(f"{name}", seed=7)
     if name == "imagefolder":
         cfg.data.root = str(tmp_path)
+    if name == "textfile":
+        cfg.data.path = str(tmp_path)
     source = instantiate(cfg.data)
     assert type(source) is data.SOURCES[name] and source.name == name
     assert source.seed == 7

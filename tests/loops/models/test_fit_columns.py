@@ -7,7 +7,8 @@ import inspect
 
 import loops.models
 from loops.models import (DDPMModel, FlowModel, GaussianModel, GenerativeModel, GMMModel,
-                          GPTModel, LatentDiffusionModel, PCAGMMModel, VAEModel, WGANGPModel)
+                          GPTModel, LatentDiffusionModel, NGramModel, PCAGMMModel, VAEModel,
+                          WGANGPModel)
 from loops.models.base import FIT_PREFIX
 from tests.loops.models.test_ddpm import TINY as DDPM_TINY
 from tests.loops.models.test_latent_diffusion import SMALL as LD_SMALL
@@ -41,6 +42,7 @@ CASES = {
                          images),
     "latent_diffusion": (lambda: LatentDiffusionModel(**{**LD_SMALL, "train_steps": 2}), images),
     "gpt": (lambda: GPTModel(n_layer=1, n_head=1, d_model=8, steps=2, batch_size=8), tokens),
+    "ngram": (lambda: NGramModel(order=3), tokens),
 }
 
 
