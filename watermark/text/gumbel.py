@@ -6,9 +6,16 @@ Marking. Each context (the last h tokens, BOS counting as a token) gets keyed un
 over p = softmax(logits), the sampler's temperature-scaled, nucleus-cut distribution (tokens with
 p_v = 0 never win). For uniform r this is exactly a draw from p (the Gumbel-max trick with Gumbel
 noise −log(−log r)), so over a random key the marked text is distributed as the model's: the mark
-is distortion-free. It is deterministic given (key, context, p): the sampler's generator is not
-used, and a context seen again with the same distribution yields the same token (with h = 1 and a
-small vocabulary, this lowers the diversity of repeated contexts; a larger h helps).
+is distortion-free, token by token. It is deterministic given (key, context, p): the sampler's
+generator is not used, and a context seen again with the same distribution yields the same token.
+When the model's distribution depends on no more than those h tokens (a bigram model with h = 1,
+an n-gram model with h ≥ n − 1), a repeated context replays the same continuation and a document
+falls into a cycle: on a bigram chain of 5.7 nats per token (V = 2048), 256-token documents keep
+23 % distinct windows at h = 1, 100 % at h = 2 (tests/watermark/text/test_gumbel.py). Hence the
+default h = 2 here (KGW, which samples, keeps h = 1); a wider window postpones the cycles and
+costs robustness (an edit breaks h + 1 windows: median z of 64-token documents after deleting
+30 % of the tokens 23.6 / 17.6 / 7.5 at h = 1 / 2 / 4). The fraction of windows that survive
+de-duplication (``num_scored / length``) measures the repetition of marked text.
 
 Detection. Each scored (de-duplicated) window adds ``−log(1 − r_{x_t})``; a marked token tends to
 have r close to 1. Under H0 (text independent of the key) the terms are i.i.d. Exp(1) — windows of
@@ -33,8 +40,9 @@ from .windows import chooser_context
 
 @dataclass
 class GumbelMaxConfig(TextWatermarkConfig):
-    """The EXP watermark's settings (configs/text_watermark/exp.yaml): those every text watermark
-    shares; the scheme has no strength to set."""
+    """The EXP watermark's settings (configs/text_watermark/exp.yaml); the scheme has no strength
+    to set. h = 2 by default: at h = 1 a bigram-like model replays repeated contexts (above)."""
+    context_width: int = 2
 
 
 class GumbelMax(TextWatermark):

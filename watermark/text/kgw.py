@@ -11,9 +11,11 @@ the (B, V) grid of hashes, no loop over rows or tokens. Under H0 (text independe
 scored token is green with probability γ' = k / V exactly (BOS, never emitted, is ranked like any
 token, so γ' is the rate of the emitted ones too), and γ' is the rate the test uses. Two windows of
 one context are hypergeometric (negatively correlated), windows of different contexts independent,
-so the binomial null is exact or conservative. With h = 1 the V thresholds of all contexts are
-computed once (O(V²) hashes, ~4M for V = 2048) and detection is O(1) per token; with h > 1 each
-distinct context of a batch costs a row of V hashes. ``green_list="bernoulli"`` instead makes each
+so the binomial null is exact or conservative. With h = 1 the green lists of all V contexts are
+computed once (O(V²) hashes, ~4M for V = 2048, ~0.3 s on a CPU core) and kept as a (V, V) bool
+table (up to V = 8192; above, a (V,) table of thresholds), so generation and detection then cost
+a lookup; with h > 1 each chosen token costs its context's row of V hashes and a ``kthvalue``,
+and detection one such row per distinct context of the batch. ``green_list="bernoulli"`` instead makes each
 token green independently with probability γ (hash mapped to [0, 1) below γ): the same test with
 γ' = γ exactly, O(1) per token at any h, but the green count of a context varies.
 
@@ -46,6 +48,9 @@ from .windows import chooser_context
 
 #: rows of V hashes computed at once when thresholds are needed for many contexts
 _CHUNK_ELEMENTS = 1 << 22
+#: h = 1: the green lists of all V contexts are kept as a (V, V) bool table when V² is at most
+#: this (64 MiB; V ≤ 8192), else looked up through a (V,) table of thresholds
+MASK_TABLE_ENTRIES = 1 << 26
 
 
 @dataclass
@@ -84,7 +89,8 @@ class KGW(TextWatermark):
         self.green_size = min(max(round(self.gamma * self.vocab_size), 1), self.vocab_size - 1)
         #: γ', the probability that a token is green under H0, used by the test
         self.null_rate = self.green_size / self.vocab_size if self.exact else self.gamma
-        self._tables: dict[str, torch.Tensor] = {}
+        self._tables: dict[str, torch.Tensor] = {}      # device -> (V,) thresholds (h = 1)
+        self._masks: dict[str, torch.Tensor] = {}       # device -> (V, V) green lists (h = 1)
 
     # ---- green lists --------------------------------------------------------------------------
     def _thresholds(self, seeds: torch.Tensor) -> torch.Tensor:
@@ -97,8 +103,9 @@ class KGW(TextWatermark):
         return out
 
     def _context_thresholds(self, ctx: torch.Tensor, seeds: torch.Tensor) -> torch.Tensor:
-        """Thresholds of contexts ``ctx`` (M, h) with ``seeds`` (M,): a table lookup when h = 1,
-        else one row of hashes per distinct context."""
+        """Thresholds of contexts ``ctx`` (M, h) with ``seeds`` (M,) for detection: a lookup in
+        the table of all V contexts when h = 1 (built on first use), else one row of hashes per
+        distinct context."""
         if self.context_width == 1:
             dev = str(ctx.device)
             if dev not in self._tables:
@@ -108,21 +115,41 @@ class KGW(TextWatermark):
         distinct, inverse = torch.unique(seeds, return_inverse=True)
         return self._thresholds(distinct)[inverse]
 
-    def green_mask(self, context: torch.Tensor) -> torch.Tensor:
-        """Green lists of contexts ``context`` (B, h) int64: (B, V) bool."""
-        seeds = context_seeds(self._seed, context)
-        grid = token_hashes(seeds, self.vocab_size)
+    def hashed_mask(self, context: torch.Tensor) -> torch.Tensor:
+        """Green lists of contexts ``context`` (B, h) computed from their (B, V) grid of hashes:
+        (B, V) bool (the definition; :meth:`green_mask` may look them up instead)."""
+        grid = token_hashes(context_seeds(self._seed, context), self.vocab_size)
         if not self.exact:
             return to_unit(grid) < self.gamma
-        if self.context_width == 1:
-            threshold = self._context_thresholds(context, seeds)
-        else:
-            threshold = torch.kthvalue(grid, self.green_size, dim=1).values
+        threshold = torch.kthvalue(grid, self.green_size, dim=1).values
         return grid <= threshold[:, None]
+
+    def _mask_table(self, device: torch.device) -> Optional[torch.Tensor]:
+        """(V, V) bool, row c = the green list of context (c,), when h = 1 and V² fits in
+        :data:`MASK_TABLE_ENTRIES`; built on first use per device. None otherwise."""
+        if self.context_width != 1 or self.vocab_size ** 2 > MASK_TABLE_ENTRIES:
+            return None
+        dev = str(device)
+        if dev not in self._masks:
+            rows = max(1, _CHUNK_ELEMENTS // self.vocab_size)
+            ids = torch.arange(self.vocab_size, device=device).unsqueeze(1)
+            self._masks[dev] = torch.cat([self.hashed_mask(ids[i:i + rows])
+                                          for i in range(0, self.vocab_size, rows)])
+        return self._masks[dev]
+
+    def green_mask(self, context: torch.Tensor) -> torch.Tensor:
+        """Green lists of contexts ``context`` (B, h) int64: (B, V) bool. With h = 1 a row of the
+        (V, V) table (generation is then nearly free), else :meth:`hashed_mask`."""
+        table = self._mask_table(context.device)
+        return self.hashed_mask(context) if table is None else table[context[:, 0]]
 
     def is_green(self, ctx: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """Whether each token is green in its context: ``ctx`` (M, h), ``tokens`` (M,) -> (M,)
         bool (the entries of :meth:`green_mask` without the (M, V) grid)."""
+        cheap = not self.exact and str(ctx.device) not in self._masks     # Bernoulli: O(1) as is
+        table = None if cheap else self._mask_table(ctx.device)
+        if table is not None:
+            return table[ctx[:, 0], tokens]
         seeds = context_seeds(self._seed, ctx)
         h = pair_hashes(seeds, tokens)
         if not self.exact:

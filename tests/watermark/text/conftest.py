@@ -28,4 +28,12 @@ def unmarked(small_lm) -> torch.Tensor:
 @pytest.fixture(scope="session")
 def human(lm) -> torch.Tensor:
     """(64, 64) unmarked text of the big chain: the 'human' text of the copy-paste attack."""
-    return lm.sample(64, generator=torch.Generator().manual_seed(3))
+    return lm.chain_sample(64, 64, torch.Generator().manual_seed(3))
+
+
+@pytest.fixture(scope="session")
+def kgw_marked(lm):
+    """(96, 64) documents sampled through TextLM.sample with the default KGW chooser."""
+    from watermark.text import KGW
+    wm = KGW(KEY, lm.vocab_size)
+    return wm, lm.sample(96, generator=torch.Generator().manual_seed(0), chooser=wm)

@@ -65,7 +65,7 @@ def test_choice_is_argmax_of_log_r_over_p_on_the_allowed_set():
                          torch.randint(1, 50, (300, 3), generator=g)], dim=1)
     x = wm.choose(logits, context, None)
     assert x.min() >= 1 and (x[:150] < 10).all()
-    r = wm.uniforms(context[:, -1:])                                          # h = 1
+    r = wm.uniforms(context[:, -2:])                                          # h = 2
     p = torch.softmax(logits.double(), -1)
     assert torch.equal(x, (r ** (1 / p)).argmax(-1))                          # Aaronson's form
     assert torch.equal(wm.choose(logits, context, torch.Generator().manual_seed(5)), x)
@@ -86,8 +86,8 @@ def test_false_positive_rate_and_gamma_null(unmarked):
 
 
 def test_without_dedup_repetitive_unmarked_text_inflates_the_score():
-    docs = torch.randint(1, 2048, (4000, 4), generator=torch.Generator().manual_seed(5)).repeat(1, 8)
-    wm = GumbelMax(KEY, 2048)
+    docs = torch.randint(1, 512, (4000, 4), generator=torch.Generator().manual_seed(5)).repeat(1, 8)
+    wm = GumbelMax(KEY, 512)
     plain, dedup = wm.score(docs, dedup="none"), wm.score(docs)
     assert plain.z.std().item() > 2.5 and plain.flagged.double().mean().item() > 0.05
     assert dedup.flagged.double().mean().item() <= 0.01 + 3 * math.sqrt(0.01 * 0.99 / 4000)
@@ -95,13 +95,25 @@ def test_without_dedup_repetitive_unmarked_text_inflates_the_score():
 
 def test_marked_text_is_detected(lm):
     wm = GumbelMax(KEY, lm.vocab_size)
-    x = lm.sample(100, generator=torch.Generator().manual_seed(0), chooser=wm)
+    x = lm.sample(64, generator=torch.Generator().manual_seed(0), chooser=wm)
     res = wm.score(x)
     tpr = res.p_value.lt(1e-5).double().mean().item()
     print(f"EXP TPR(p<1e-5) = {tpr:.3f}, median z = {res.z.median().item():.2f}, "
           f"median log10 p = {np.median(res.log_p.numpy()) / math.log(10):.1f}")
     assert tpr >= 0.98
     assert GumbelMax("another key", lm.vocab_size).score(x).p_value.lt(1e-5).sum() == 0
+
+
+def test_repeated_contexts_replay_at_h1_not_at_h2(lm):
+    """EXP is deterministic per (key, context, p): on a bigram model, h = 1 turns 256-token
+    documents into cycles (few distinct windows survive de-duplication); h = 2 does not."""
+    kept = {}
+    for h in (1, 2):
+        wm = GumbelMax(KEY, lm.vocab_size, GumbelMaxConfig(context_width=h))
+        x = lm.sample(8, generator=torch.Generator().manual_seed(9), chooser=wm, length=256)
+        kept[h] = wm.score(x).num_scored.double().mean().item() / 256
+    print(f"EXP distinct windows of 256-token documents: h=1 {kept[1]:.3f}, h=2 {kept[2]:.3f}")
+    assert kept[1] < 0.5 and kept[2] > 0.95
 
 
 def test_p_value_is_the_gamma_tail_in_log_space():
@@ -141,7 +153,7 @@ def test_yaml_repeats_the_config_defaults():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("width", [1, 2, 4])
+@pytest.mark.parametrize("width", [1, 3, 4])
 def test_marked_text_is_detected_at_wider_contexts(lm, width):
     wm = GumbelMax(KEY, lm.vocab_size, GumbelMaxConfig(context_width=width))
     x = lm.sample(100, generator=torch.Generator().manual_seed(width), chooser=wm, length=48)
