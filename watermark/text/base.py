@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from ..keys import SecretKey
-from .windows import Sequences, as_batch, contexts, scored_mask
+from .windows import Sequences, as_batch, contexts, scored_mask, valid_mask
 
 
 @dataclass
@@ -110,13 +110,13 @@ class TextWatermark(ABC):
         padded batch) or a list of 1-D tensors; each document's first context is BOS, as at
         generation. ``dedup``: "document" | "corpus" | "none" (watermark/text/windows.py)."""
         tokens, lengths = as_batch(sequences, lengths)
+        given = tokens[valid_mask(tokens, lengths)]
+        if given.numel() and (given.min() < 0 or given.max() >= self.vocab_size):
+            raise ValueError(f"{self.name}: token ids must lie in [0, {self.vocab_size})")
         ctx = contexts(tokens, self.context_width)
         keep = scored_mask(tokens, lengths, ctx, self.vocab_size, dedup)
-        inside = tokens[keep]
-        if inside.numel() and (inside.min() < 0 or inside.max() >= self.vocab_size):
-            raise ValueError(f"{self.name}: token ids must lie in [0, {self.vocab_size})")
         doc = keep.nonzero()[:, 0]
-        values = self.window_values(ctx[keep], inside)
+        values = self.window_values(ctx[keep], tokens[keep])
         n = tokens.shape[0]
         num = torch.bincount(doc, minlength=n)
         total = torch.zeros(n, dtype=torch.float64, device=tokens.device).index_add_(0, doc, values)

@@ -270,5 +270,8 @@ def test_bad_settings_are_refused():
         wm.choose(torch.zeros(2, 99), torch.zeros(2, 1, dtype=torch.long), None)
     with pytest.raises(ValueError, match="token ids"):
         wm.score(torch.tensor([[1, 2, 100]]))
+    with pytest.raises(ValueError, match="token ids"):
+        wm.score(torch.tensor([[1, -3, 5, 5]]), dedup="corpus")
+    wm.score(torch.tensor([[1, 2, 100]]), lengths=torch.tensor([2]))         # padding not read
     with pytest.raises(ValueError, match="dedup"):
         wm.score(torch.tensor([[1, 2]]), dedup="yes")
