@@ -15,6 +15,8 @@ Modules: base (interface and checks), keys, imageops (luma, resize), spread_spec
 idempotent variant), baselines
 (invisible-watermark, optional), detector, attacks (registry and ATTACK_GRID), attack_layer
 (training), learned (encoder/decoder), train (training loop with checkpoints), cards (model cards, `load`).
+Text (the language-model loop) lives in the subpackage `watermark.text` (KGW, Gumbel-max / EXP,
+text attacks), imported on its own: `from watermark.text import KGW`.
 """
 from madcore.quality import mse, psnr, ssim   # re-exported: the quality of a mark
 

@@ -1,0 +1,131 @@
+"""Token batches of variable length, their scored (context, token) windows, and de-duplication.
+
+A batch of documents is a padded ``(N, L)`` int64 tensor with ``lengths`` (N,) int64: document i
+holds ``tokens[i, :lengths[i]]``, the rest is padding (any value, ignored). A list of 1-D tensors is
+accepted anywhere and padded with :func:`as_batch`; attacks that delete tokens return this form.
+
+Position t of a document is scored with its context: the last h tokens of ``[BOS, x_0, ...,
+x_{t-1}]``, left-padded with BOS when shorter (BOS counts as a token), which is what a
+:class:`~loops.models.text_lm.TokenChooser` sees at generation time. One scored window is the
+(h + 1)-tuple ``(context, token)``.
+
+De-duplication (Sander et al. 2024, "Watermarking makes language models radioactive"): a repeated
+window has the same pseudo-random value every time it occurs, so counting it again adds no
+evidence and breaks the independence the tests assume (a repetitive unmarked text then looks
+marked). Each window is scored once:
+
+* ``"document"`` (default): once per document;
+* ``"corpus"``: once in all the documents given (the first occurrence, in document order, is the
+  one kept), for corpus-level tests such as radioactivity;
+* ``"none"``: every position (only to show why de-duplication matters).
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence, Union
+
+import torch
+
+#: the reserved begin-of-sequence id, the same as ``loops.models.text_lm.BOS`` (this package
+#: imports nothing from loops: siblings do not import one another; a test checks they agree)
+BOS = 0
+#: the de-duplication modes of :func:`scored_mask`
+DEDUP_MODES = ("document", "corpus", "none")
+
+Sequences = Union[torch.Tensor, Sequence[torch.Tensor]]
+
+
+def as_batch(sequences: Sequences, lengths: Optional[torch.Tensor] = None,
+             pad: int = BOS) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(tokens (N, L) int64, lengths (N,) int64)`` from an (N, L) tensor (all of length L unless
+    ``lengths`` says otherwise) or a list of 1-D integer tensors (padded with ``pad``)."""
+    if isinstance(sequences, torch.Tensor):
+        if sequences.ndim != 2:
+            raise ValueError(f"token sequences must be (N, L); got shape {tuple(sequences.shape)}")
+        tokens = sequences.long()
+        if lengths is None:
+            lengths = torch.full((tokens.shape[0],), tokens.shape[1], dtype=torch.int64,
+                                 device=tokens.device)
+    else:
+        seqs = [torch.as_tensor(s).long().flatten() for s in sequences]
+        given = torch.tensor([len(s) for s in seqs], dtype=torch.int64)
+        device = seqs[0].device if seqs else torch.device("cpu")
+        width = int(given.max()) if seqs else 0
+        tokens = torch.full((len(seqs), width), pad, dtype=torch.int64, device=device)
+        for i, s in enumerate(seqs):                  # one copy per document: the list form only
+            tokens[i, :len(s)] = s
+        lengths = given.to(device) if lengths is None else lengths
+    lengths = torch.as_tensor(lengths, dtype=torch.int64, device=tokens.device)
+    if lengths.shape != (tokens.shape[0],):
+        raise ValueError(f"lengths must be ({tokens.shape[0]},); got shape {tuple(lengths.shape)}")
+    if ((lengths < 0) | (lengths > tokens.shape[1])).any():
+        raise ValueError(f"lengths must lie in [0, {tokens.shape[1]}]")
+    return tokens, lengths
+
+
+def unpad(tokens: torch.Tensor, lengths: torch.Tensor) -> list[torch.Tensor]:
+    """The list form of a padded batch: ``[tokens[i, :lengths[i]]]``."""
+    return [row[:n] for row, n in zip(tokens, lengths.tolist())]
+
+
+def valid_mask(tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """(N, L) bool: the positions that hold a token (t < length)."""
+    return torch.arange(tokens.shape[1], device=tokens.device)[None, :] < lengths[:, None]
+
+
+def contexts(tokens: torch.Tensor, width: int) -> torch.Tensor:
+    """The context of every position: (N, L) -> (N, L, h) int64, ``h = width`` ≥ 1.
+
+    ``contexts[i, t] = last h of [BOS] * h + tokens[i, :t]``."""
+    n, length = tokens.shape
+    padded = torch.cat([tokens.new_full((n, width), BOS), tokens], dim=1)
+    return padded.unfold(1, width, 1)[:, :length]
+
+
+def chooser_context(context: torch.Tensor, width: int) -> torch.Tensor:
+    """The last h tokens of a chooser's context (B, T) (``context[:, 0] == BOS``), left-padded
+    with BOS: (B, h), the same windows as :func:`contexts` gives at detection."""
+    body = context[:, 1:]
+    pad = context.new_full((context.shape[0], width), BOS)
+    return torch.cat([pad, body], dim=1)[:, -width:]
+
+
+def _row_keys(rows: torch.Tensor, bound: int) -> torch.Tensor:
+    """One int64 per row of (M, k) non-negative ids below ``bound``, equal iff the rows are equal:
+    the ids packed in ``ceil(log2 bound)`` bits each when k of them fit in 63 bits, else the
+    index of the row among the distinct rows (``torch.unique(dim=0)``, exact, slower)."""
+    bits = max(1, (max(bound, 2) - 1).bit_length())
+    if rows.shape[1] * bits <= 63:
+        key = torch.zeros(rows.shape[0], dtype=torch.int64, device=rows.device)
+        for j in range(rows.shape[1]):
+            key = (key << bits) | rows[:, j]
+        return key
+    return torch.unique(rows, dim=0, return_inverse=True)[1]
+
+
+def scored_mask(tokens: torch.Tensor, lengths: torch.Tensor, ctx: torch.Tensor, vocab_size: int,
+                dedup: str = "document") -> torch.Tensor:
+    """(N, L) bool: the positions that are scored, each (context, token) window once per
+    document, once in the corpus, or every time (``dedup``, see the module docstring).
+
+    ``tokens`` (N, L), ``lengths`` (N,), ``ctx`` (N, L, h) from :func:`contexts`, ids in
+    [0, vocab_size)."""
+    if dedup not in DEDUP_MODES:
+        raise ValueError(f"dedup must be one of {DEDUP_MODES}, got {dedup!r}")
+    valid = valid_mask(tokens, lengths)
+    if dedup == "none":
+        return valid
+    n, length = tokens.shape
+    where = valid.flatten().nonzero().squeeze(1)               # doc-major order: first = earliest
+    rows = torch.cat([ctx, tokens.unsqueeze(-1)], dim=-1).flatten(0, 1)[where]
+    bound = vocab_size
+    if dedup == "document":
+        doc = (where // max(length, 1)).unsqueeze(1)
+        rows, bound = torch.cat([doc, rows], dim=1), max(vocab_size, n)
+    keys = _row_keys(rows, bound)
+    _, inverse = torch.unique(keys, return_inverse=True)
+    first = torch.full((int(inverse.max()) + 1 if inverse.numel() else 0,), where.numel(),
+                       dtype=torch.int64, device=tokens.device)
+    first.scatter_reduce_(0, inverse, torch.arange(where.numel(), device=tokens.device), "amin")
+    keep = torch.zeros(n * length, dtype=torch.bool, device=tokens.device)
+    keep[where[first]] = True
+    return keep.view(n, length)
