@@ -80,6 +80,9 @@ __all__ = ["WatermarkProbe", "ArtifactMeter", "inheritance", "add_growth", "grow
            "stacked_layers", "COLUMNS", "GROWTH_COLUMNS"]
 
 _DECODED = "S_t (unmarked samples), decoded with the run's calibrated detector"
+#: shared with the text run's inheritance columns (madmark/text_run.py)
+_TESTED = ("S_t (unmarked samples), tested with the run's key (images: decoded by the calibrated "
+           "detector; text: each document's de-duplicated (context, token) windows scored)")
 _ENERGY = "S_t (unmarked samples) vs the reference split, along the probe's mean residual r̄"
 _BAND = "S_t (unmarked samples) vs the reference split, in the watermark's DCT band B"
 _PROBE = "the run's watermark probe (real images marked once)"
@@ -88,13 +91,14 @@ COLUMNS = (
     Column("inherit_bit_acc", "mean bit accuracy of the decoded message (matched bits ÷ K; 0.5 "
            "= chance)", "fraction in [0, 1]", _DECODED),
     Column("inherit_detect_rate", "fraction of samples with p-value ≤ wm_alpha", "fraction in "
-           "[0, 1]", _DECODED),
+           "[0, 1]", _TESTED),
     Column("inherit_log10p_median", "median log10 p-value (p clamped at 1e-300)", "log10 of a "
            "p-value (≤ 0)", _DECODED),
-    Column("radio_log10p", "radioactivity of generation t's model: log10 p-value of the exact "
-           "message sign-flip test on the matched bits of all its unmarked samples "
-           "(eval.radioactivity; floor K·log10(1/2), e.g. −9.6 for 32 bits)",
-           "log10 of a p-value (≤ 0)", _DECODED),
+    Column("radio_log10p", "radioactivity of generation t's model: log10 p-value of one test "
+           "pooled over all its unmarked samples (images: the exact message sign-flip test on the "
+           "matched bits, eval.radioactivity, floor K·log10(1/2), e.g. −9.6 for 32 bits; text: "
+           "the watermark's test on S_t's windows de-duplicated across the set, Sander et al. "
+           "2024)", "log10 of a p-value (≤ 0)", _TESTED),
     Column("radio_m", "samples M the radioactivity test decoded (all of S_t)", "count",
            _DECODED),
     Column("artifact_energy", "⟨mean(S_t) − m_ref, r̄⟩ ÷ ⟨r̄, r̄⟩: how far S_t's mean sits along "

@@ -100,15 +100,13 @@ SampleMarkedFn = Callable[[int, Any, int, float, torch.Generator], torch.Tensor]
 
 _DRAWN = ("the pooled part of S_t: drawn again from model_t with the watermark in its sampler "
           "(the same random stream as S_t)")
-#: the columns :class:`SamplingWatermarkStage` writes, in order
+#: the columns :class:`SamplingWatermarkStage` writes, in order (two shared with the image stage)
 SAMPLING_WATERMARK_COLUMNS = (
-    Column("n_marked_new", "samples drawn with the watermark", "count", _DRAWN),
+    WATERMARK_COLUMNS[1],
     Column("wm_changed_fraction", "fraction of the marked samples' tokens that differ from the "
            "unmarked S_t drawn from the same random stream (0 when the mark changes nothing)",
            "fraction in [0, 1]", _DRAWN),
-    Column("wm_detect_rate", "fraction of the marked samples that the detector of the key they "
-           "were marked with flags at wm_alpha", "fraction in [0, 1]", _DRAWN,
-           when="a detector is given (madmark run: always)"),
+    WATERMARK_COLUMNS[2],
 )
 
 
@@ -137,7 +135,8 @@ class SamplingWatermarkStage:
         if marked.shape != x.shape:
             raise LoopError(f"watermark method {self.method} drew shape {tuple(marked.shape)} "
                             f"where S_t has {tuple(x.shape)}", "check the method's settings")
-        stats = {"n_marked_new": len(x),
+        differs = (marked != x).flatten(1).any(1) if x.numel() else torch.zeros(0, dtype=bool)
+        stats = {"n_marked_new": int(differs.sum()),
                  "wm_changed_fraction": (float((marked != x).double().mean()) if x.numel()
                                          else math.nan)}
         if self.detect is not None:

@@ -26,15 +26,18 @@ import loops.stages
 import madmark.classifier_filter
 import madmark.evaluation
 import madmark.metrics
+import madmark.text_evaluation
+import madmark.text_run
 import madmark.watermarking
-from loops.models import (DDPMModel, FlowModel, GaussianModel, GMMModel, LatentDiffusionModel,
-                          PCAGMMModel, VAEModel, WGANGPModel)
+from loops.models import (DDPMModel, FlowModel, GaussianModel, GMMModel, GPTModel,
+                          LatentDiffusionModel, NGramModel, PCAGMMModel, VAEModel, WGANGPModel)
 from madcore.columns import Column, ColumnRegistry, Producer
 
 _EVERY = "every run"
 _WATERMARK = "runs with a watermark (`watermark=<method>`)"
 _MODELS = (GaussianModel, GMMModel, PCAGMMModel, FlowModel, DDPMModel, WGANGPModel, VAEModel,
-           LatentDiffusionModel)
+           LatentDiffusionModel, NGramModel, GPTModel)
+_TEXT_WATERMARK = "text runs with a text watermark (`watermark=kgw` or `watermark=exp`)"
 
 #: every producer of results.csv columns, in the order a row is built
 PRODUCERS: tuple[Producer, ...] = (
@@ -54,6 +57,9 @@ PRODUCERS: tuple[Producer, ...] = (
     Producer("eval.cas.ClassificationAccuracyScore",
              "runs with `eval.cas=true` (labelled image data; built by madmark.cas.build_cas)",
              eval.cas.COLUMNS),
+    Producer("madmark.text_evaluation.TextMetrics",
+             "text runs (`data=shakespeare`, `data=textfile`) with `eval.enabled=true`",
+             madmark.text_evaluation.COLUMNS),
     Producer("madmark.evaluation.vector_truth_evaluator",
              "runs on vector data with known true moments (`data=gaussian`, `data=gmm2d`)",
              madmark.evaluation.TRUTH_COLUMNS),
@@ -68,6 +74,13 @@ PRODUCERS: tuple[Producer, ...] = (
              "runs with a watermark that marks (`watermark=<method>`, but not `arm=control`)",
              loops.stages.WATERMARK_COLUMNS),
     Producer("eval.growth.add_growth", _WATERMARK, eval.growth.COLUMNS),
+    Producer("madmark.text_run.TextRunWatermark.settings", _TEXT_WATERMARK,
+             madmark.text_run.SETTINGS_COLUMNS),
+    Producer("madmark.text_run.TextRunWatermark.inheritance", _TEXT_WATERMARK,
+             madmark.text_run.INHERITANCE_COLUMNS),
+    Producer("loops.stages.SamplingWatermarkStage",
+             "text runs with a text watermark that marks (not `arm=control`)",
+             loops.stages.SAMPLING_WATERMARK_COLUMNS),
 )
 REGISTRY = ColumnRegistry(PRODUCERS)
 

@@ -82,6 +82,9 @@ class EvalSchema:
     cas_batch_size: int = setting(32)
     cas_lr: float = setting(0.003)
     cas_channels: List[int] = setting([6, 16])
+    text_n_eval: Optional[int] = setting(1000)
+    text_tail_share: float = setting(0.1)
+    text_reference_order: int = setting(3)
 
 
 def component() -> Any:

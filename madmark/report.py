@@ -27,7 +27,8 @@ from madmark.columns import declared, report_section
 #: metrics plotted against generation, one panel each, in panel order (absent columns are
 #: skipped); the CAS panel (:data:`CAS_PANEL`) follows kid
 PLOTTED = declared(("precision", "recall", "density", "coverage", "fid", "kid", "spread_ratio",
-                    "w2_to_true", "logdet_cov"))
+                    "w2_to_true", "logdet_cov", "ppl_real", "ppl_ref", "distinct_2", "distinct_4",
+                    "tail_mass", "tail_unseen"))
 #: the classification accuracy score's panel of plots/metrics.png: CAS on S_t, the naive
 #: augmentation score and the real-data ceiling (a panel as in :data:`ARTIFACT_PANELS`)
 CAS_PANEL = ("classification accuracy score", (("cas", "trained on S_t"),
@@ -36,14 +37,18 @@ CAS_PANEL = ("classification accuracy score", (("cas", "trained on S_t"),
 #: columns of the loop and fidelity table (absent ones are skipped)
 TABLE = declared(("generation", "n_pool", "real_fraction", "origin_counts", "precision", "recall",
                   "density", "coverage", "fid", "kid", "cas", "cas_augmented", "cas_real",
-                  "spread_ratio", "w2_to_true", "logdet_cov", "trace_cov"))
+                  "spread_ratio", "w2_to_true", "logdet_cov", "trace_cov", "ppl_real", "ppl_ref",
+                  "distinct_1", "distinct_2", "distinct_3", "distinct_4", "tail_mass",
+                  "tail_unseen"))
 #: columns naming what the metrics were computed on (constant over a run)
 SETTINGS = declared(("features", "n_real_eval", "n_fake_eval", "k", "kid_subsets",
                      "kid_subset_size", "spread_n_reference", "moments_from", "cas_labels",
-                     "cas_n_train", "cas_n_test", "cas_epochs"))
+                     "cas_n_train", "cas_n_test", "cas_epochs", "text_reference_lm",
+                     "text_tail_share", "n_text_eval"))
 #: watermark and artifact columns (inheritance and artifacts: on the unmarked samples S_t)
-WATERMARK_TABLE = declared(("generation", "wm_psnr", "inherit_bit_acc", "inherit_detect_rate",
-                            "inherit_log10p_median", "artifact_energy", "artifact_energy_se",
+WATERMARK_TABLE = declared(("generation", "wm_psnr", "wm_changed_fraction", "inherit_bit_acc",
+                            "inherit_detect_rate", "inherit_log10p_median", "inherit_z_median",
+                            "inherit_scored_fraction", "radio_log10p", "artifact_energy", "artifact_energy_se",
                             "artifact_energy_growth", "band_energy_ratio",
                             "band_energy_ratio_growth"))
 #: filter columns (the filter runs on the pool before generation t is fitted; real_fraction and
@@ -53,7 +58,8 @@ FILTER_TABLE = declared(("generation", "filter_n_in", "filter_synth_caught", "fi
                          "real_fraction_before", "real_fraction", "n_pool", "filter_trained",
                          "detector_train_from", "detector_train_acc", "detector_calib_fpr"))
 #: settings of the watermark metrics (constant over a run)
-WATERMARK_SETTINGS = declared(("wm_method", "wm_bits", "wm_alpha", "artifact_n_probe",
+WATERMARK_SETTINGS = declared(("wm_method", "wm_bits", "wm_alpha", "wm_text_settings",
+                               "artifact_n_probe",
                                "artifact_band_fraction", "growth_baseline"))
 #: the key table of report.md when watermark/filter columns exist (filter FPR =
 #: filter_real_drop_rate, growth = artifact_energy_growth)
@@ -63,7 +69,8 @@ KEY_TABLE = declared(("generation", "real_fraction", "precision", "recall", "den
 #: the table printed after a run: at most 12 of these exist in any run (vector or image data,
 #: with or without watermark and filter stages)
 CONSOLE_TABLE = declared(("generation", "n_pool", "real_fraction", "precision", "recall",
-                          "coverage", "fid", "spread_ratio", "w2_to_true", "logdet_cov",
+                          "coverage", "fid", "ppl_real", "ppl_ref", "distinct_2", "tail_mass",
+                          "spread_ratio", "w2_to_true", "logdet_cov",
                           "inherit_detect_rate", "artifact_energy_growth", "filter_tpr",
                           "filter_real_drop_rate"))
 #: panels of plots/artifacts.png: (title, ((column, legend), ...), reference line: a value, a

@@ -295,4 +295,7 @@ def build_run_watermark(cfg: DictConfig, image_shape: tuple[int, ...], reference
     wm = cfg.get("watermark")
     if wm is None or not wm.enabled:
         return None
+    if wm.get("modality") == "text":           # refused before the run (madmark.text_run)
+        from madmark.text_run import check_modalities
+        check_modalities(cfg, text=False)
     return RunWatermark(wm, int(cfg.seed), image_shape, reference, device)

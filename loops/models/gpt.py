@@ -185,9 +185,9 @@ class GPTModel(TextLM):
     Labels given to ``fit`` are ignored (unconditional)."""
 
     fit_columns = (
-        fit_column("loss", "next-token cross entropy of the training batches, mean of the last "
+        fit_column("xent", "next-token cross entropy of the training batches, mean of the last "
                    "10% of steps", "nats per token"),
-        fit_column("loss_initial", "the same over the first 10% of steps", "nats per token"),
+        fit_column("xent_initial", "the same over the first 10% of steps", "nats per token"),
         FIT_STEPS,
     )
 
@@ -253,7 +253,7 @@ class GPTModel(TextLM):
             labels: Optional[torch.Tensor] = None) -> dict[str, float]:
         """Train from scratch on x (N, L) integer token ids in [1, V); ``labels`` are ignored.
 
-        Returns ``loss`` and ``loss_initial`` (the training cross entropy in nats per token,
+        Returns ``xent`` and ``xent_initial`` (the training cross entropy in nats per token,
         mean of the last and the first 10% of steps) and ``steps``. Raises LoopError if the loss
         is not finite (the training diverged)."""
         vocab, high = self._id_range(x, "data", self.vocab_setting)
@@ -270,8 +270,8 @@ class GPTModel(TextLM):
             losses = self._train(net, x.long(), generator, progress)
         self.loss_curve = losses.cpu()
         tail = max(1, self.steps // 10)
-        return {"loss": float(self.loss_curve[-tail:].mean()),
-                "loss_initial": float(self.loss_curve[:tail].mean()), "steps": float(self.steps)}
+        return {"xent": float(self.loss_curve[-tail:].mean()),
+                "xent_initial": float(self.loss_curve[:tail].mean()), "steps": float(self.steps)}
 
     def _train(self, net: GPT, x: torch.Tensor, g: torch.Generator,
                progress: Optional[ProgressFn]) -> torch.Tensor:

@@ -17,6 +17,8 @@ directory (:func:`discard_new_output`); a resumed one is checked and repaired fi
 """
 from __future__ import annotations
 
+import functools
+
 import os
 import pickle
 import time
@@ -36,6 +38,7 @@ from loops.families import LoopFamily
 from loops.stages import FilterStage, WatermarkStage
 from madmark.cas import build_cas, check_cas_data
 from madmark.classifier_filter import build_classifier_filter
+from madmark.text_run import attach_text, check_modalities, check_text_model, data_is_text
 from madmark.config_schema import check_config, implied_types
 from madmark.console import GenerationProgress, format_table
 from madcore.errors import MadmarkError
@@ -96,6 +99,7 @@ def check_run_config(cfg: DictConfig) -> None:
             implied = implied_types(baseline)
     check_config(cfg, implied)
     check_threads(cfg.get("threads"))
+    check_modalities(cfg, text=data_is_text(cfg))
     if cfg.get("resume_from") is not None and not cfg.get("resume"):
         raise MadmarkError(f"resume_from={cfg.resume_from} needs resume=<run_dir>",
                            f"run madmark run resume=<run_dir> resume_from={cfg.resume_from}")
@@ -262,6 +266,45 @@ def attach_watermark(cfg: DictConfig, engine: LoopEngine, run_wm: RunWatermark |
                                     alpha=alpha)
 
 
+def check_image_run(cfg: DictConfig, splits, settings: LoopSettings) -> None:
+    """Refuse eval sizes the k-NN metrics cannot use and CAS without labelled images, before
+    the engine is built."""
+    if cfg.eval.enabled:
+        check_eval_sizes(cfg, len(splits.reference),
+                         settings.n_synthetic if settings.n_synthetic > 0 else settings.n_real)
+    if bool(cfg.eval.get("cas", False)):          # absent from configs recorded before it
+        check_cas_data(splits, data_name(cfg))
+
+
+def attach_image_evaluation(cfg: DictConfig, engine: LoopEngine, splits,
+                            device: torch.device, finished: list[int]) -> None:
+    """The evaluators, watermark stage and filters of a run on images or vectors."""
+    engine.evaluators.append(spread_evaluator(splits.reference))
+    metrics = None
+    if cfg.eval.enabled:
+        with dist.main_first():
+            extractor = make_extractor(cfg.eval, splits, data_name(cfg), device)
+        metrics = GenerationMetrics(cfg.eval, extractor, splits.reference, int(cfg.seed), device)
+        engine.evaluators.append(metrics)
+    if bool(cfg.eval.get("cas", False)):       # after metrics: it reuses their LeNet features
+        engine.evaluators.append(build_cas(cfg.eval, splits, data_name(cfg), device,
+                                           int(cfg.seed), metrics))
+    if splits.kind == "vector" and splits.true_mean is not None:
+        engine.evaluators.append(vector_truth_evaluator(splits.true_mean, splits.true_cov))
+    with dist.main_first():
+        run_wm = build_run_watermark(cfg, splits.sample_shape, splits.reference, device)
+    attach_watermark(cfg, engine, run_wm)
+    if run_wm is not None and finished:
+        run_wm.check_same_key(engine.checkpoints.load(finished[-1], map_location="cpu")["row"])
+    if filter_method(cfg) == "classifier":          # the learned detector (no watermark needed)
+        with dist.main_first():                      # a LeNet for probe features is cached once
+            classifier = build_classifier_filter(cfg.filter, splits, data_name(cfg),
+                                                 int(cfg.seed), device)
+        engine.filter = classifier.stage(int(cfg.filter.min_pool))
+    if run_wm is not None:
+        engine.evaluators.append(run_wm.artifact_evaluator(splits.train, splits.reference))
+
+
 def _run(cfg: DictConfig, run: RunDir, device: torch.device) -> list[dict]:
     torch.manual_seed(int(cfg.seed))
     rank0 = dist.is_main()
@@ -273,42 +316,26 @@ def _run(cfg: DictConfig, run: RunDir, device: torch.device) -> list[dict]:
     if splits.kind not in accepts:
         raise MadmarkError(f"model {make_model.func.__name__} does not take {splits.kind} data",
                            f"choose a model for {splits.kind} data (e.g. model=pca_gmm for images)")
+    text = splits.kind == "text"
+    if text:                                 # the model's vocabulary is the tokenizer's
+        make_model = functools.partial(make_model, **check_text_model(
+            cfg, int(source.tokenizer.vocab_size)))
     settings = loop_settings(cfg, len(splits.train))
-    if cfg.eval.enabled:
-        check_eval_sizes(cfg, len(splits.reference),
-                         settings.n_synthetic if settings.n_synthetic > 0 else settings.n_real)
-    cas = bool(cfg.eval.get("cas", False))          # absent from configs recorded before it
-    if cas:
-        check_cas_data(splits, data_name(cfg))
+    if not text:
+        check_image_run(cfg, splits, settings)
     progress = GenerationProgress(settings.generations, enabled=bool(cfg.progress) and rank0)
     engine = LoopEngine(source=source, make_model=make_model,
                         family=LoopFamily(cfg.loop.family, cfg.loop.history), settings=settings,
                         checkpoints=run.checkpoints, device=device, progress=progress)
-    engine.evaluators.append(spread_evaluator(splits.reference))
-    metrics = None
-    if cfg.eval.enabled:
-        with dist.main_first():
-            extractor = make_extractor(cfg.eval, splits, data_name(cfg), device)
-        metrics = GenerationMetrics(cfg.eval, extractor, splits.reference, int(cfg.seed), device)
-        engine.evaluators.append(metrics)
-    if cas:                                    # after metrics: it reuses their LeNet features
-        engine.evaluators.append(build_cas(cfg.eval, splits, data_name(cfg), device,
-                                           int(cfg.seed), metrics))
-    if splits.kind == "vector" and splits.true_mean is not None:
-        engine.evaluators.append(vector_truth_evaluator(splits.true_mean, splits.true_cov))
-    with dist.main_first():
-        run_wm = build_run_watermark(cfg, splits.sample_shape, splits.reference, device)
-    attach_watermark(cfg, engine, run_wm)
     finished = run.checkpoints.finished()
-    if run_wm is not None and finished:
-        run_wm.check_same_key(run.checkpoints.load(finished[-1], map_location="cpu")["row"])
-    if filter_method(cfg) == "classifier":          # the learned detector (no watermark needed)
-        with dist.main_first():                      # a LeNet for probe features is cached once
-            classifier = build_classifier_filter(cfg.filter, splits, data_name(cfg),
-                                                 int(cfg.seed), device)
-        engine.filter = classifier.stage(int(cfg.filter.min_pool))
-    if run_wm is not None:
-        engine.evaluators.append(run_wm.artifact_evaluator(splits.train, splits.reference))
+    if text:
+        with dist.main_first():
+            run_wm = attach_text(cfg, engine, source, splits, run.path if rank0 else None,
+                                 device)
+        if run_wm is not None and finished:
+            run_wm.check_same_key(run.checkpoints.load(finished[-1], map_location="cpu")["row"])
+    else:
+        attach_image_evaluation(cfg, engine, splits, device, finished)
 
     def save_grid(t: int, samples: torch.Tensor) -> None:     # before the checkpoint (engine)
         if rank0 and splits.kind == "image" and cfg.samples_grid > 0:

@@ -40,7 +40,7 @@ from .windows import chooser_context
 
 @dataclass
 class GumbelMaxConfig(TextWatermarkConfig):
-    """The EXP watermark's settings (configs/text_watermark/exp.yaml); the scheme has no strength
+    """The EXP watermark's settings (configs/watermark/exp.yaml); the scheme has no strength
     to set. h = 2 by default: at h = 1 a bigram-like model replays repeated contexts (above)."""
     context_width: int = 2
 

@@ -55,7 +55,7 @@ MASK_TABLE_ENTRIES = 1 << 26
 
 @dataclass
 class KGWConfig(TextWatermarkConfig):
-    """KGW's settings (configs/text_watermark/kgw.yaml)."""
+    """KGW's settings (configs/watermark/kgw.yaml)."""
     gamma: float = 0.25          # γ: green fraction of the vocabulary
     delta: float = 2.0           # δ: logit bias added to green tokens
     green_list: str = "exact"    # exact: round(γV) green tokens per context | bernoulli: each w.p. γ

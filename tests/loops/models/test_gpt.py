@@ -100,8 +100,8 @@ def test_learns_a_markov_chain_down_to_its_entropy(learned, chain):
     assert abs(true_nll - h) < 0.05                       # the held-out set is typical
     assert h < nll < h + 0.1 and nll < 0.6 * math.log(K + 1)
     st = learned.stats
-    assert list(st) == ["loss", "loss_initial", "steps"] and st["steps"] == 100
-    assert st["loss"] < st["loss_initial"] and abs(st["loss"] - h) < 0.1
+    assert list(st) == ["xent", "xent_initial", "steps"] and st["steps"] == 100
+    assert st["xent"] < st["xent_initial"] and abs(st["xent"] - h) < 0.1
     assert learned.vocab_size == K + 1 and learned.seq_len == L
 
 

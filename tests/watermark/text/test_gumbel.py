@@ -148,8 +148,8 @@ def test_key_is_never_shown(lm):
 
 
 def test_yaml_repeats_the_config_defaults():
-    cfg = OmegaConf.load(config_dir() / "text_watermark" / "exp.yaml")
-    assert instantiate(cfg) == GumbelMaxConfig()
+    cfg = OmegaConf.load(config_dir() / "watermark" / "exp.yaml")
+    assert instantiate(cfg.text) == GumbelMaxConfig()
 
 
 @pytest.mark.slow

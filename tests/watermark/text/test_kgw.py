@@ -256,8 +256,8 @@ def test_key_is_never_shown(caplog, lm):
 
 
 def test_yaml_repeats_the_config_defaults():
-    cfg = OmegaConf.load(config_dir() / "text_watermark" / "kgw.yaml")
-    assert instantiate(cfg) == KGWConfig()
+    cfg = OmegaConf.load(config_dir() / "watermark" / "kgw.yaml")
+    assert instantiate(cfg.text) == KGWConfig()
 
 
 def test_bad_settings_are_refused():
