@@ -190,12 +190,16 @@ def read_jsonl(path: Path, rel: str, text_field: str, problem: str = "") -> list
     return docs
 
 
-def read_text_inputs(path: Path, text_field: str = "text") -> tuple[list[TextDoc], FolderScan]:
-    """Every document of the text input ``path`` (a .txt, a .jsonl or a folder), in path order
-    (a .jsonl's lines in order); an error when ``path`` is missing or holds no document."""
+def check_exists(path: Path) -> None:
     if not path.exists() and not path.is_symlink():
         raise MadmarkError(f"{path} does not exist",
                            "pass a folder of .txt files, a .txt file or a .jsonl file")
+
+
+def read_text_inputs(path: Path, text_field: str = "text") -> tuple[list[TextDoc], FolderScan]:
+    """Every document of the text input ``path`` (a .txt, a .jsonl or a folder), in path order
+    (a .jsonl's lines in order); an error when ``path`` is missing or holds no document."""
+    check_exists(path)
     if not path.is_dir():
         scan = FolderScan(path.parent, [path])
         problem = _before_opening(path, path.parent)

@@ -61,7 +61,7 @@ from madmark.data.tokenizer import BPETokenizer, TextTokenizer
 from madmark.folder_io import SKIPPED, UNREADABLE, check_output_folder, report_problems
 from madmark.methods import secret_key
 from madmark.rundir import RunDir, rows_to_csv
-from madmark.text_io import EMPTY, SCORED, TextDoc, read_text_inputs, write_split
+from madmark.text_io import EMPTY, SCORED, TextDoc, check_exists, read_text_inputs, write_split
 from madmark.watermarking import experiment_key
 from watermark import SecretKey
 from watermark.text import TEXT_WATERMARKS, TextWatermark
@@ -298,6 +298,7 @@ def detect_main(source: Path, opts: dict, given: set[str], out: Optional[Path]) 
         if path.exists() or path.is_symlink():
             raise MadmarkError(f"{path} already exists (nothing is overwritten)",
                                "pass out=<new csv path>")
+    check_exists(source)
     setup = text_setup(source, opts, given)
     docs, scan = read_text_inputs(source, opts["text_field"])
     rows, corpus = score_documents(docs, setup, opts["dedup"], opts["batch_size"])
@@ -335,6 +336,7 @@ def filter_main(source: Path, opts: dict, given: set[str], out: Optional[Path]) 
     """``madmark filter`` on text; MadmarkErrors are the caller's to report."""
     out = out or Path(f"filter_{source.resolve().name}")
     check_output_folder(out, source, "input", "out=<folder>")
+    check_exists(source)
     setup = text_setup(source, opts, given)
     docs, scan = read_text_inputs(source, opts["text_field"])
     rows, corpus = score_documents(docs, setup, opts["dedup"], opts["batch_size"])

@@ -309,6 +309,10 @@ def test_no_document_and_an_existing_csv_are_one_line(corpus, tmp_path, capsys):
     err = capsys.readouterr().err
     one_line_error(err)
     assert "no text documents found" in err and "1 empty" in err
+    assert main(["detect", str(tmp_path / "missing.jsonl"), key, f"out={tmp_path / 'm.csv'}"]) == 2
+    err = capsys.readouterr().err
+    one_line_error(err)
+    assert "missing.jsonl does not exist" in err
     existing = tmp_path / "taken.csv"
     existing.write_text("precious")
     assert main(["detect", str(corpus["docs"]), f"tokenizer={corpus['tokenizer']}", key,
