@@ -265,9 +265,11 @@ def check_outputs(names: dict[str, str]) -> None:
                                    f"folder of {rel}'s output", "rename one of them")
 
 
-def report_problems(rows: list[dict], path_key: str, where: str) -> None:
-    """One stderr line per skipped or unreadable row (at most :data:`MAX_LISTED`, then a count)."""
-    bad = [r for r in rows if r["status"] in (SKIPPED, UNREADABLE)]
+def report_problems(rows: list[dict], path_key: str, where: str,
+                    statuses: tuple[str, ...] = (SKIPPED, UNREADABLE)) -> None:
+    """One stderr line per row of one of ``statuses`` (by default skipped or unreadable; at most
+    :data:`MAX_LISTED`, then a count)."""
+    bad = [r for r in rows if r["status"] in statuses]
     for row in bad[:MAX_LISTED]:
         name = row[path_key].replace("\n", "\\n").replace("\r", "\\r")   # one line each
         print(f"{row['status']} {name}: {row['reason']}", file=sys.stderr)

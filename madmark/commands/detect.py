@@ -1,5 +1,10 @@
 """``madmark detect <dir> key_file=... [alpha=0.01 out=<csv>] [method= bits= strength=]``
 
+(Text — .txt documents, a .jsonl, or a folder of them — is tested too: ``madmark detect <path>
+tokenizer=<tokenizer.json> key_file=... [method=kgw|exp ...]`` or ``run=<text run folder>``; see
+madmark/commands/text.py. ``modality=auto|image|text``: auto takes .txt/.jsonl files, and folders
+holding them and no image files, as text.)
+
 Decodes every image under ``dir`` and tests it for the key's message: matched bits, one-sided
 binomial p-value, flagged at false-positive rate ``alpha``. Writes a CSV (default
 ``./detect_<dir name>.csv``; an existing file is never overwritten) with one row per file: path,
@@ -23,12 +28,14 @@ import torch
 
 from madcore.errors import MadmarkError
 from madcore.files import atomic_write_text
+from madmark.commands import text
 from madmark.commands.options import DetectOptions, EmbedOptions, parse
 from madmark.folder_io import (SKIPPED, UNREADABLE, FolderScan, LoadedImage, embed_record,
                                group_by_shape, read_folder, report_problems)
 from madmark.hydra_app import report_error
 from madmark.methods import check_method, method_for_shape, secret_key, skip_reason
 from madmark.rundir import rows_to_csv
+from madmark.text_io import choose_modality
 from watermark import Detector, SecretKey, UnsupportedImageError, Watermarker
 
 OPTIONS = DetectOptions
@@ -127,10 +134,16 @@ def detect_folder(folder: Path, opts: dict) -> tuple[list[dict], FolderScan]:
 def main(args: list[str]) -> int:
     if not args or args[0] in ("-h", "--help"):
         print(__doc__)
+        print(text.__doc__)
         return 0
     try:
         opts = parse(args, ["dir"], OPTIONS, "detect")
         folder = Path(opts["dir"])
+        given = text.given_options(args)
+        modality = choose_modality(folder, opts["modality"])
+        text.check_options(modality, given, "detect")
+        if modality == "text":
+            return text.detect_main(folder, opts, given, Path(opts["out"]) if opts["out"] else None)
         out = Path(opts["out"] or f"detect_{folder.resolve().name}.csv")
         if out.exists() or out.is_symlink():
             raise MadmarkError(f"{out} already exists (nothing is overwritten)",

@@ -1,5 +1,9 @@
 """``madmark filter <data_dir> key_file=... [alpha=0.01 calibrate=<clean_dir> out=<dir>]``
 
+(Text — .txt documents, a .jsonl, or a folder of them — is filtered too, into kept/ and flagged/
+copies: ``madmark filter <path> tokenizer=<tokenizer.json> key_file=... out=<dir>`` or
+``run=<text run folder>``; see madmark/commands/text.py.)
+
 Cleans a training set before retraining: tests every image under ``data_dir`` (recursive) for the
 key's watermark, like ``madmark detect``, and splits the set into images to keep and images to drop.
 Writes a NEW folder ``out`` (default ``./filter_<data_dir name>``; absent or empty, else refused),
@@ -45,12 +49,14 @@ from madcore.errors import MadmarkError
 from madcore.files import atomic_directory, atomic_write_text
 from madmark.commands.detect import (COLUMNS, check_alpha, check_recorded_key, detect_images,
                                      method_settings, shape_methods)
+from madmark.commands import text
 from madmark.commands.options import FilterOptions, parse
 from madmark.folder_io import (LoadedImage, check_output_folder, group_by_shape, read_folder,
                                report_problems)
 from madmark.hydra_app import report_error
 from madmark.methods import check_method, secret_key
 from madmark.rundir import rows_to_csv
+from madmark.text_io import choose_modality
 from watermark import Detector
 
 OPTIONS = FilterOptions
@@ -188,10 +194,17 @@ def write_outputs(out: Path, result: dict) -> None:
 def main(args: list[str]) -> int:
     if not args or args[0] in ("-h", "--help"):
         print(__doc__)
+        print(text.__doc__)
         return 0
     try:
         opts = parse(args, ["data_dir"], OPTIONS, "filter")
         data_dir = Path(opts["data_dir"])
+        given = text.given_options(args)
+        modality = choose_modality(data_dir, opts["modality"])
+        text.check_options(modality, given, "filter")
+        if modality == "text":
+            return text.filter_main(data_dir, opts, given,
+                                    Path(opts["out"]) if opts["out"] else None)
         out = Path(opts["out"] or f"filter_{data_dir.resolve().name}")
         result = filter_folder(data_dir, out, opts)
         write_outputs(out, result)

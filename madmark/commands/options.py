@@ -28,8 +28,8 @@ class EmbedOptions:
 @dataclass
 class DetectOptions:
     """``madmark detect``: the key, the false-positive rate, the CSV written (``""``: next to the
-    folder's name), and the method settings (empty/0: from the folder's watermark.json, else
-    spread spectrum's 32 bits at 0.01)."""
+    folder's name), and the method settings (images, empty/0: from the folder's watermark.json,
+    else spread spectrum's 32 bits at 0.01; text: the options below)."""
     key: str = ""
     key_file: str = ""
     alpha: float = 0.01
@@ -37,8 +37,21 @@ class DetectOptions:
     method: str = ""
     bits: int = 0
     strength: float = 0.0
-    batch_size: int = 64
+    batch_size: int = 64         # images, or text documents, per call
     other_key: bool = False      # true: test this key although watermark.json names another
+    # text (madmark/commands/text.py): which modality, the tokenizer, the run it came from, the
+    # .jsonl field, de-duplication, and the text watermark's settings; a setting not given comes
+    # from run=<dir>'s config.yaml, else the method's defaults (configs/text_watermark/)
+    modality: str = "auto"       # auto | image | text (auto: by file suffix, madmark/text_io.py)
+    tokenizer: str = ""          # the run's tokenizer.json (or "bytes")
+    run: str = ""                # a text run folder: its tokenizer.json and watermark settings
+    text_field: str = "text"
+    dedup: str = "document"      # document | none
+    gamma: float = 0.0
+    delta: float = 0.0
+    context_width: int = 0
+    green_list: str = ""
+    test: str = ""
 
 
 @dataclass
