@@ -41,7 +41,7 @@ class DetectOptions:
     other_key: bool = False      # true: test this key although watermark.json names another
     # text (madmark/commands/text.py): which modality, the tokenizer, the run it came from, the
     # .jsonl field, de-duplication, and the text watermark's settings; a setting not given comes
-    # from run=<dir>'s config.yaml, else the method's defaults (configs/text_watermark/)
+    # from run=<dir>'s config.yaml, else the method's defaults (configs/watermark/{kgw,exp}.yaml)
     modality: str = "auto"       # auto | image | text (auto: by file suffix, madmark/text_io.py)
     tokenizer: str = ""          # the run's tokenizer.json (or "bytes")
     run: str = ""                # a text run folder: its tokenizer.json and watermark settings

@@ -14,7 +14,7 @@ Settings. ``tokenizer=<tokenizer.json>`` (``TextTokenizer.to_str()``, as a text 
 ``tokenizer=bytes`` for the byte tokenizer) and the method settings ``method=kgw|exp``, ``gamma``,
 ``delta``, ``context_width``, ``green_list``, ``test``, ``alpha`` as options; or ``run=<text run
 folder>``: its ``tokenizer.json`` and the ``watermark:`` node of its ``config.yaml`` (``method``
-kgw|exp, the fields of configs/text_watermark/<method>.yaml, ``key_file``). An option given
+kgw|exp, the fields under ``text:`` of configs/watermark/<method>.yaml, ``key_file``). An option given
 overrides the run's value; a setting neither gives is the method's default. Where each setting
 came from is recorded. The key: ``key_file=`` (or ``key=``), else the run's
 ``watermark.key_file``, else (a run without one) the run's experiment key, derived from its seed
@@ -128,7 +128,8 @@ def read_run(folder: str) -> tuple[dict, DictConfig]:
                            "pass run=<the folder of the text run that generated the documents>")
     cfg = run.read_config()
     node = cfg.get("watermark")
-    record = OmegaConf.to_container(node) if isinstance(node, DictConfig) else {}
+    record = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else {}
+    record = {**record, **(record.pop("text", None) or {})}   # the method's settings (text:)
     if record.get("method") not in TEXT_WATERMARKS:
         raise MadmarkError(f"{run.config_path} names no text watermark (watermark.method="
                            f"{record.get('method')}; text watermarks: "

@@ -6,7 +6,9 @@ as .txt documents, a 512-id BPE, 32-token sequences."""
 import pydoc_data.topics
 import pytest
 
+from loops.checkpoint import Checkpoints
 from madcore.columns import names
+from madmark.commands.text import load_tokenizer
 from madmark.columns import REGISTRY
 from madmark.rundir import read_csv
 from madmark.text_evaluation import COLUMNS as TEXT_COLUMNS
@@ -66,6 +68,19 @@ def test_kgw_marks_at_sampling_time_and_the_filter_drops_marked_documents(cli, c
     assert float(first["radio_log10p"]) > -3
     assert float(second["filter_tpr"]) > 0.9 and float(second["filter_real_drop_rate"]) < 0.05
     assert int(second["n_synthetic"]) < 40                 # the marked documents are dropped
+    # the practitioner's view: generation 1's pooled (marked) samples as .txt files, tested
+    # with the run's tokenizer and watermark settings (run=)
+    run = only_run(tmp_path)
+    tokenizer = load_tokenizer(str(run / "tokenizer.json"))[0]
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for i, text in enumerate(tokenizer.decode(Checkpoints(run / "state").load(1)["samples"][:30])):
+        (docs / f"{i:02d}.txt").write_text(text)
+    out = tmp_path / "detect.csv"
+    code, stdout, err = cli("detect", str(docs), f"run={run}", f"out={out}")
+    assert code == 0, err
+    flagged = [r["flagged"] == "True" for r in read_csv(out)]
+    assert len(flagged) == 30 and sum(flagged) >= 25, stdout
 
 
 def test_the_control_arm_measures_without_marking(cli, corpus, tmp_path):
