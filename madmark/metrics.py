@@ -25,6 +25,7 @@ from omegaconf import DictConfig
 
 from eval.features import FeatureUnavailable, build_extractor
 from eval.features.factory import EXTRACTORS, build_lenet_extractor
+from eval.features.text_lm import build_text_lm_extractor
 from eval.fid import FeatureStats, frechet_distance, kid
 from eval.prdc import RealManifold
 from madcore import dist
@@ -75,11 +76,14 @@ def fingerprint(*tensors: Optional[torch.Tensor]) -> str:
 
 
 def choose_extractor(name: str, splits: Splits) -> str:
-    """``auto``: raw for vectors, lenet for labelled images (≥ 2 classes), else random_cnn."""
+    """``auto``: raw for vectors, text_lm for token sequences, lenet for labelled images
+    (≥ 2 classes), else random_cnn."""
     if name != "auto":
         return name
     if splits.kind == "vector":
         return "raw"
+    if splits.kind == "text":
+        return "text_lm"
     labels = splits.train_labels
     return "lenet" if labels is not None and len(torch.unique(labels)) >= 2 else "random_cnn"
 
@@ -104,6 +108,22 @@ def lenet_from_config(f: DictConfig, splits: Splits, data_name: str, device: tor
         device=str(device), in_channels=splits.sample_shape[0])
 
 
+def text_lm_from_config(f: DictConfig, splits: Splits, data_name: str, device: torch.device):
+    """The run's reference text LM as a TextLMExtractor (eval/features/text_lm.py): a small GPT
+    trained on the REAL TRAIN split (or loaded from the cache), its perplexity measured on the
+    held-out reference split. V is the splits' ``vocab_size`` (the tokenizer's), else the largest
+    id of either split + 1."""
+    if splits.kind != "text":
+        raise MadmarkError(f"text_lm features need token sequences but data '{data_name}' is "
+                           f"{splits.kind}", "set eval.features.name=auto")
+    vocab = splits.vocab_size or int(max(splits.train.max(),
+                                                           splits.reference.max())) + 1
+    return build_text_lm_extractor(
+        source=data_name, cache_dir=str(Path(f.cache_dir).expanduser()),
+        key={"source": data_name}, train=splits.train, vocab_size=vocab, val=splits.reference,
+        seed=int(f.seed), device=str(device))
+
+
 def _random_cnn(f: DictConfig, splits: Splits, data_name: str, device: torch.device):
     return build_extractor("random_cnn", seed=int(f.seed),
                            in_channels=3 if splits.sample_shape[0] == 3 else 1)
@@ -122,7 +142,8 @@ def _pretrained(name: str) -> Callable[..., Any]:
 #: eval.features.name -> how the run builds it from (eval.features, splits, data name, device);
 #: an extractor of eval.features.factory.EXTRACTORS not listed is built as a pretrained one
 FROM_CONFIG: dict[str, Callable[..., Any]] = {"raw": _raw, "lenet": lenet_from_config,
-                                              "random_cnn": _random_cnn}
+                                              "random_cnn": _random_cnn,
+                                              "text_lm": text_lm_from_config}
 
 
 def make_extractor(cfg: DictConfig, splits: Splits, data_name: str, device: torch.device):
@@ -134,6 +155,12 @@ def make_extractor(cfg: DictConfig, splits: Splits, data_name: str, device: torc
             raise MadmarkError(f"eval.features.name={name} needs images but data is vectors",
                                "set eval.features.name=raw (or auto)")
         name = "raw"
+    if (splits.kind == "text") != (name == "text_lm") and name in EXTRACTORS:
+        if splits.kind == "text":
+            raise MadmarkError(f"eval.features.name={name} needs images but data is token "
+                               "sequences", "set eval.features.name=text_lm (or auto)")
+        raise MadmarkError(f"eval.features.name=text_lm needs token sequences but data is "
+                           f"{splits.kind}", "set eval.features.name=auto")
     try:
         if name not in EXTRACTORS:
             return build_extractor(name)          # its ValueError lists the choices

@@ -8,6 +8,8 @@ random_cnn     256    fixed-seed random CNN (no training, any domain)
 lenet          128    LeNet trained on the source's real TRAIN split (the paper's MNIST "FID")
 inception      2048   FID Inception-v3 pool3 (needs local weights offline)
 dinov2         384    DINOv2 ViT-S/14 CLS token (needs local hub repo + weights offline)
+text_lm        64     token sequences (N, L) int64: mean final hidden state of a small GPT
+                      trained on the source's real TRAIN split (the LeNet of text)
 =============  =====  ==========================================================================
 
 Use ``build_extractor(name, **kwargs).extract(x)``; every extractor has ``name``, ``dim`` and
@@ -22,8 +24,9 @@ from eval.features.lenet_cache import load_or_train_lenet
 from eval.features.lenet_train import train_lenet
 from eval.features.random_cnn import RandomCNNExtractor
 from eval.features.raw import RawExtractor
+from eval.features.text_lm import TextLMExtractor, load_or_train_text_lm
 
 __all__ = ["FeatureExtractor", "FeatureUnavailable", "build_extractor", "build_lenet_extractor",
            "EXTRACTORS", "RawExtractor", "RandomCNNExtractor", "LeNet", "LeNetExtractor",
            "train_lenet", "lenet_accuracy", "load_or_train_lenet", "InceptionExtractor",
-           "DINOv2Extractor"]
+           "DINOv2Extractor", "TextLMExtractor", "load_or_train_text_lm"]

@@ -14,6 +14,7 @@ from eval.features.lenet_cache import load_or_train_lenet
 from eval.features.lenet_train import train_lenet
 from eval.features.random_cnn import RandomCNNExtractor
 from eval.features.raw import RawExtractor
+from eval.features.text_lm import build_text_lm_extractor
 
 __all__ = ["build_extractor", "build_lenet_extractor", "EXTRACTORS"]
 
@@ -52,6 +53,7 @@ EXTRACTORS: dict[str, Callable[..., FeatureExtractor]] = {
     "lenet": build_lenet_extractor,
     "inception": InceptionExtractor,
     "dinov2": DINOv2Extractor,
+    "text_lm": build_text_lm_extractor,
 }
 
 

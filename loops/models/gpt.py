@@ -144,12 +144,23 @@ class GPT(nn.Module):
         """Logits (B, T, V − 1), or (B, V − 1) of the last position only with ``last``. ``cache`` and
         ``pos``: incremental decoding, ``idx`` being the tokens at positions pos … pos + T − 1
         (see :meth:`CausalSelfAttention.forward`)."""
+        h = self.trunk(idx, cache, pos)
+        h = self.ln_f(h[:, -1] if last else h)
+        return F.linear(h, self.wte.weight[BOS + 1:])           # tied output layer, BOS left out
+
+    def trunk(self, idx: torch.Tensor, cache: Optional[KVCache] = None,
+              pos: int = 0) -> torch.Tensor:
+        """The residual stream (B, T, d) after the last block, before the final LayerNorm."""
         t = idx.shape[1]
         h = self.drop(self.wte(idx) + self.wpe(torch.arange(pos, pos + t, device=idx.device)))
         for i, block in enumerate(self.blocks):
             h = block(h, None if cache is None else cache[i], pos)
-        h = self.ln_f(h[:, -1] if last else h)
-        return F.linear(h, self.wte.weight[BOS + 1:])           # tied output layer, BOS left out
+        return h
+
+    def hidden_states(self, idx: torch.Tensor) -> torch.Tensor:
+        """Final-layer hidden states (B, T, d): after the final LayerNorm, before the output
+        layer (what :meth:`forward`'s logits are a linear map of)."""
+        return self.ln_f(self.trunk(idx))
 
     def empty_cache(self, b: int, dtype: torch.dtype) -> KVCache:
         """Zeroed (keys, values) of every layer for ``b`` sequences, on the weights' device."""
@@ -388,6 +399,20 @@ class GPTModel(TextLM):
             return self._last_logits(ctx[:, -1:], cache=cache, pos=t - 1)
 
         return step
+
+    @torch.no_grad()
+    def hidden_states(self, idx: torch.Tensor) -> torch.Tensor:
+        """Final-layer hidden states (B, T, d_model) float32 of the input ids ``idx`` (B, T) int64
+        (fed as given: prepend BOS yourself, as training does; T ≤ seq_len): after the final
+        LayerNorm, before the output layer; eval mode (the fitted network is frozen), no grad,
+        on ``idx``'s device."""
+        net = require_fitted(self, self.net)
+        if idx.ndim != 2 or not 1 <= idx.shape[1] <= self.seq_len:
+            raise LoopError(f"GPT input of shape {tuple(idx.shape)}",
+                            f"give (B, T) token ids with 1 <= T <= seq_len={self.seq_len}")
+        device = net.wte.weight.device
+        with autocast(device, autocast_dtype(device, self.precision)):
+            return net.hidden_states(idx.to(device)).float().to(idx.device)
 
     # -- state ---------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, torch.Tensor]:

@@ -25,6 +25,8 @@ class Splits:
         kind: "image", "vector" or "text".
         true_mean / true_cov: for analytic vector sources, the moments of the true distribution
             ((D,), (D, D) float64); None otherwise.
+        vocab_size: for text, the tokenizer's number of ids (BOS included; every id of the
+            splits and of a model's samples is below it); None otherwise.
     """
 
     train: torch.Tensor
@@ -34,6 +36,7 @@ class Splits:
     reference_labels: Optional[torch.Tensor] = None
     true_mean: Optional[torch.Tensor] = None
     true_cov: Optional[torch.Tensor] = None
+    vocab_size: Optional[int] = None
 
     @property
     def sample_shape(self) -> tuple[int, ...]:

@@ -1,7 +1,8 @@
 """Text data sources: a corpus split by document, tokenized, cut into L-token windows.
 
 ``Splits(kind="text")``: ``train`` and ``reference`` are int64 ``(N, L)`` token ids in
-``[1, vocab_size)`` (BOS = 0 never occurs; L = ``seq_len``).
+``[1, vocab_size)`` (BOS = 0 never occurs; L = ``seq_len``; ``Splits.vocab_size`` is the
+tokenizer's).
 
 1. The corpus's documents (:mod:`madmark.data.text_corpus`) are split into train and held-out
    reference documents: a seeded random ``reference_fraction`` of them (rounded, at least one
@@ -127,7 +128,8 @@ class TextSource(DataSource):
                                              "data.n_reference")]
         self.tokenizer, self.tokenizer_info = tok, info
         self.train_text, self.reference_text = train_docs, ref_docs
-        return Splits(train=train, reference=reference, kind="text")
+        return Splits(train=train, reference=reference, kind="text",
+                      vocab_size=int(tok.vocab_size))
 
 
 class Shakespeare(TextSource):

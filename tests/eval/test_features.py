@@ -213,7 +213,7 @@ def test_build_lenet_extractor_via_factory(mnist, tmp_path):
 # ---------------------------------------------------------------- factory
 
 def test_factory_names_and_errors():
-    assert set(EXTRACTORS) == {"raw", "random_cnn", "lenet", "inception", "dinov2"}
+    assert set(EXTRACTORS) == {"raw", "random_cnn", "lenet", "inception", "dinov2", "text_lm"}
     with pytest.raises(ValueError, match="random_cnn, lenet, inception, dinov2"):
         build_extractor("vgg")
     with pytest.raises(ValueError, match="does not take hub_dir"):

@@ -240,7 +240,7 @@ def test_textfile_source_gives_text_splits_of_token_windows(tmp_path):
     assert s.kind == "text" and s.train.dtype == s.reference.dtype == torch.int64
     assert s.train.shape[1] == s.reference.shape[1] == 32 and s.sample_shape == (32,)
     assert int(s.train.min()) >= 1 and int(s.reference.min()) >= 1          # BOS never in data
-    assert int(s.train.max()) < source.tokenizer.vocab_size
+    assert int(s.train.max()) < source.tokenizer.vocab_size == s.vocab_size == 257
     assert not set(source.train_text) & set(source.reference_text)
     assert any(source.tokenizer.decode(s.train[5]) in d for d in source.train_text)
     assert any(source.tokenizer.decode(s.reference[0]) in d for d in source.reference_text)
