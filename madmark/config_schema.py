@@ -85,6 +85,7 @@ class EvalSchema:
     text_n_eval: Optional[int] = setting(1000)
     text_tail_share: float = setting(0.1)
     text_reference_order: int = setting(3)
+    text_features: bool = setting(True)
 
 
 def component() -> Any:

@@ -1,10 +1,13 @@
 """What a run on text data adds to the loop engine: text metrics, a watermark that marks while
 sampling, its inheritance and radioactivity, and the watermark filter.
 
-    attach_text(cfg, engine, source, splits, run_dir, device)    # from madmark.commands.run
+    attach_text(cfg, engine, source, splits, run_dir, device, data_name)   # madmark.commands.run
 
 - **Metrics** (:class:`madmark.text_evaluation.TextMetrics`): ``ppl_real``, ``ppl_ref`` under a
-  reference n-gram LM fitted once on the real train split, distinct-1..4, tail mass.
+  reference n-gram LM fitted once on the real train split, distinct-1..4, tail mass; with
+  ``eval.text_features`` also precision, recall, density, coverage, FID and KID
+  (:class:`madmark.metrics.GenerationMetrics`) on sequence embeddings of a small GPT trained
+  once on the real train split (eval/features/text_lm.py).
 - **Watermark** (``watermark=kgw`` or ``watermark=exp``; configs/watermark/{kgw,exp}.yaml): the
   pooled part of S_t is drawn again from model_t with the method as the sampler's token chooser
   (:class:`loops.stages.SamplingWatermarkStage`); ``watermark.mark=false`` (the control arm)
@@ -204,7 +207,8 @@ def check_text_model(cfg: DictConfig, vocab_size: int) -> dict[str, Any]:
 
 
 def attach_text(cfg: DictConfig, engine: LoopEngine, source: Any, splits: Any,
-                run_dir: Optional[Path], device: torch.device) -> Optional[TextRunWatermark]:
+                run_dir: Optional[Path], device: torch.device,
+                data_name: str = "text") -> Optional[TextRunWatermark]:
     """Add the text evaluators, watermark stage and filter to ``engine``; write the run's
     tokenizer to ``run_dir/tokenizer.json``. Returns the run's watermark (None without)."""
     tokenizer = source.tokenizer
@@ -218,6 +222,12 @@ def attach_text(cfg: DictConfig, engine: LoopEngine, source: Any, splits: Any,
             splits.reference.to(device), splits.train.to(device), vocab, reference_lm,
             n_eval=cfg.eval.text_n_eval, tail_share=float(cfg.eval.text_tail_share),
             describe_lm=f"ngram(order={reference_lm.order}, real train split)"))
+        if bool(cfg.eval.get("text_features", True)):      # k-NN metrics on LM embeddings
+            from madmark.metrics import GenerationMetrics, make_extractor
+
+            extractor = make_extractor(cfg.eval, splits, data_name, device)
+            engine.evaluators.append(GenerationMetrics(cfg.eval, extractor, splits.reference,
+                                                       int(cfg.seed), device))
     check_modalities(cfg, text=True)
     wm_cfg = cfg.get("watermark")
     filtering = cfg.get("filter") is not None and bool(cfg.filter.enabled)

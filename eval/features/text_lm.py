@@ -147,7 +147,7 @@ def train_text_lm(train: torch.Tensor, vocab_size: int, val: Optional[torch.Tens
     finally:
         torch.set_num_threads(threads)
     info = {**s, "vocab_size": int(vocab_size), "seq_len": int(train.shape[1]),
-            "loss": fit["loss"], "train_time_s": train_time, "val_perplexity": ppl,
+            "loss": fit["xent"], "train_time_s": train_time, "val_perplexity": ppl,
             "n_val": None if val is None else min(len(val), VAL_SEQUENCES)}
     return lm, info
 

@@ -61,6 +61,11 @@ def _lookup(sorted_keys: torch.Tensor, queries: torch.Tensor) -> tuple[torch.Ten
     return sorted_keys[idx] == queries, idx
 
 
+#: largest V² for which the bigram distributions are kept as one dense (V, V) float64 table
+#: (V = 4096: 128 MiB)
+DENSE_BIGRAM_MAX = 4096 ** 2
+
+
 class _Order:
     """One order's tables: the k-grams (sorted keys), their discounted probabilities ``alpha``,
     and per context (sorted keys) its continuation range ``[start, start + length)`` and γ."""
@@ -107,6 +112,8 @@ class NGramModel(TextLM):
         self.top_p = None if top_p is None else float(top_p)
         self._orders: list[_Order] = []
         self._unigram: Optional[torch.Tensor] = None     # (V,) float64, p_1
+        self._bigram: Optional[torch.Tensor] = None      # (V, V) float64, p_2, or None
+        self._bigram32: Optional[torch.Tensor] = None    # its float32 copy (made when needed)
 
     # ------------------------------------------------------------------ fit / state
 
@@ -169,6 +176,12 @@ class NGramModel(TextLM):
         uniform[BOS] = 0.0
         one = self._orders[0]                                # one context: the empty one
         self._unigram = (uniform * one.gamma[0]).index_add_(0, one.token, one.alpha)
+        self._bigram = self._bigram32 = None
+        if self.order >= 2 and self.vocab_size ** 2 <= DENSE_BIGRAM_MAX:
+            # p_2(· | c) for every context c, dense: a row gather replaces the largest scatter
+            # (the bigram continuations) of every next_probs call; equal up to rounding
+            every = torch.arange(self.vocab_size, dtype=torch.int64).unsqueeze(1)
+            self._bigram = self._mix(every, 2, torch.float64, None)
 
     @property
     def discounts(self) -> torch.Tensor:
@@ -207,9 +220,18 @@ class NGramModel(TextLM):
         if ctx.shape[1] < n - 1:
             pad = torch.full((len(ctx), n - 1 - ctx.shape[1]), BOS, dtype=torch.int64)
             ctx = torch.cat([pad, ctx], dim=1)
+        return self._mix(ctx, n, dtype, self._bigram).to(context.device)
+
+    def _mix(self, ctx: torch.Tensor, top: int, dtype: torch.dtype,
+             bigram: Optional[torch.Tensor]) -> torch.Tensor:
+        """p_top(next | ctx) (B, V) for contexts ``ctx`` (B, top − 1) int64 (CPU): orders
+        ``top`` … 2 interpolated down to the unigram base, or, with the dense ``bigram``
+        (V, V) table, orders ``top`` … 3 down to its rows."""
+        n = ctx.shape[1] + 1
         weight = torch.ones(len(ctx), dtype=dtype)                 # Π_{j>k} γ_j, from k = n down
         scatters = []
-        for k in range(n, 1, -1):
+        lowest = 3 if bigram is not None else 2
+        for k in range(top, lowest - 1, -1):
             o = self._orders[k - 1]
             found, ci = _lookup(o.ctx_keys, self._pack(ctx[:, n - k:]))
             rows = found.nonzero().squeeze(1)
@@ -223,10 +245,17 @@ class NGramModel(TextLM):
             row = torch.repeat_interleave(rows, length)
             scatters.append((row, o.token[entry], weight[row] * o.alpha[entry].to(dtype)))
             weight[rows] *= o.gamma[ci].to(dtype)
-        probs = weight.unsqueeze(1) * self._unigram.to(dtype).unsqueeze(0)
+        if bigram is not None:
+            if dtype == torch.float32:                # next_logits: gather float32 rows
+                if self._bigram32 is None:
+                    self._bigram32 = bigram.float()
+                bigram = self._bigram32
+            probs = bigram[ctx[:, -1]].to(dtype).mul_(weight.unsqueeze(1))
+        else:
+            probs = weight.unsqueeze(1) * self._unigram.to(dtype).unsqueeze(0)
         for row, token, value in scatters:
             probs.index_put_((row, token), value, accumulate=True)
-        return probs.to(context.device)
+        return probs
 
     def next_logits(self, context: torch.Tensor) -> torch.Tensor:
         """Log-probabilities (B, V) float32 of the next token (BOS: −inf), computed in float32

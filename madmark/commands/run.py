@@ -323,6 +323,9 @@ def _run(cfg: DictConfig, run: RunDir, device: torch.device) -> list[dict]:
     settings = loop_settings(cfg, len(splits.train))
     if not text:
         check_image_run(cfg, splits, settings)
+    elif cfg.eval.enabled and bool(cfg.eval.get("text_features", True)):
+        check_eval_sizes(cfg, len(splits.reference),
+                         settings.n_synthetic if settings.n_synthetic > 0 else settings.n_real)
     progress = GenerationProgress(settings.generations, enabled=bool(cfg.progress) and rank0)
     engine = LoopEngine(source=source, make_model=make_model,
                         family=LoopFamily(cfg.loop.family, cfg.loop.history), settings=settings,
@@ -331,7 +334,7 @@ def _run(cfg: DictConfig, run: RunDir, device: torch.device) -> list[dict]:
     if text:
         with dist.main_first():
             run_wm = attach_text(cfg, engine, source, splits, run.path if rank0 else None,
-                                 device)
+                                 device, data_name(cfg))
         if run_wm is not None and finished:
             run_wm.check_same_key(run.checkpoints.load(finished[-1], map_location="cpu")["row"])
     else:

@@ -28,7 +28,7 @@ def text_args(corpus, tmp_path, *extra):
     return ["run", "data=textfile", f"data.path={corpus}", "data.vocab_size=512",
             "data.seq_len=32", "data.reference_fraction=0.2",
             f"data.cache_dir={tmp_path / 'tokenizers'}", "model=ngram", "loop.n_real=400",
-            "eval.text_n_eval=300", "progress=false", *extra]
+            "eval.text_n_eval=300", "eval.text_features=false", "progress=false", *extra]
 
 
 def only_run(tmp_path):
@@ -44,7 +44,7 @@ def test_fully_synthetic_text_loop_writes_declared_text_metrics(cli, corpus, tmp
     rows = read_csv(run / "results.csv")
     assert len(rows) == 3 and all(c in REGISTRY for c in rows[0])
     assert set(names(TEXT_COLUMNS)) <= set(rows[0])
-    assert "wm_method" not in rows[0] and "precision" not in rows[0]
+    assert "wm_method" not in rows[0] and "precision" not in rows[0]   # text_features=false
     # at λ = 0.7 the loop forgets the real distribution: ppl_real rises, distinct-2 falls
     ppl = [float(r["ppl_real"]) for r in rows]
     assert ppl[0] < ppl[1] < ppl[2], ppl

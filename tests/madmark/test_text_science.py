@@ -1,0 +1,103 @@
+"""The text loop's science on real Shakespeare (slow; needs `madmark fetch-corpus shakespeare`):
+collapse without fresh data, stability with it, the KGW detector's empirical false-positive rate
+on real held-out text, and radioactivity (Sander et al. 2024) of an n-gram LM trained on 10 %
+marked text against clean models."""
+import math
+
+import pytest
+import torch
+
+from loops.models import NGramModel
+from madcore.rng import generator
+from madmark.data import Shakespeare
+from madmark.data.text_corpus import shakespeare_path
+from madmark.rundir import read_csv
+from tests.madmark.conftest import run_dirs
+from watermark.text import KGW
+
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not shakespeare_path().is_file(),
+                                 reason="run madmark fetch-corpus shakespeare")]
+
+
+@pytest.fixture(scope="module")
+def shakespeare():
+    source = Shakespeare(seed=0)
+    return source, source.load()
+
+
+def rows_of(cli, tmp_path, preset, *extra):
+    code, _, err = cli("run", f"experiment={preset}", "eval.text_features=false",
+                       "progress=false", *extra)
+    assert code == 0, err
+    (run,) = run_dirs(tmp_path / "outputs")
+    return read_csv(run / "results.csv")
+
+
+def col(rows, name):
+    return [float(r[name]) for r in rows]
+
+
+def test_fully_synthetic_text_collapses_and_fresh_data_holds(cli, tmp_path):
+    rows = rows_of(cli, tmp_path, "text_fully_synthetic")
+    ppl, tail = col(rows, "ppl_real"), col(rows, "tail_mass")
+    d2, d4 = col(rows, "distinct_2"), col(rows, "distinct_4")
+    assert all(a < b for a, b in zip(ppl, ppl[1:])), ppl           # the real text grows unlikely
+    assert all(a > b for a, b in zip(tail, tail[1:])), tail        # the tails go first
+    assert d2[-1] < 0.5 * d2[0] and d4[-1] < 0.7 * d4[0]
+    fresh = rows_of(cli, tmp_path / "fresh", "text_fresh_data")
+    p0, t0 = fresh[0], fresh[-1]
+    assert abs(float(t0["ppl_real"]) / float(p0["ppl_real"]) - 1) < 0.15, fresh
+    assert abs(float(t0["distinct_2"]) - float(p0["distinct_2"])) < 0.05
+    assert abs(float(t0["tail_mass"]) - float(p0["tail_mass"])) < 0.02
+
+
+def test_kgw_false_positive_rate_on_real_held_out_windows(shakespeare):
+    source, splits = shakespeare
+    alpha = 0.01
+    windows = splits.reference.reshape(-1, 16)                      # 16-token documents
+    assert len(windows) >= 10_000
+    flagged = []
+    for key in ("key-a", "key-b", "key-c"):
+        wm = KGW(key, source.tokenizer.vocab_size)
+        flagged.append(wm.score(windows).p_value <= alpha)
+    n = len(windows)
+    for f in flagged:           # one key: at most α plus three binomial standard deviations
+        assert int(f.sum()) <= alpha * n + 3 * math.sqrt(n * alpha * (1 - alpha)), int(f.sum())
+
+
+def test_a_model_trained_on_ten_percent_marked_text_is_radioactive(shakespeare):
+    source, splits = shakespeare
+    vocab = source.tokenizer.vocab_size
+    train = splits.train
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))
+    teacher = NGramModel(order=3, vocab_size=vocab)
+    teacher.fit(train[order[:4000]], None)
+    wm = KGW("radioactivity-key", vocab)
+    marked = teacher.sample(222, generator=generator(0, 1, "marked"), chooser=wm)
+    real = train[order[4000:6000]]
+
+    def log10p_of_student(pool, seed):
+        student = NGramModel(order=3, vocab_size=vocab)
+        student.fit(pool, None)
+        samples = student.sample(2000, generator=generator(seed, 2, "student"))
+        pooled = wm.pooled(wm.score(samples, dedup="corpus"))
+        return float(pooled.log_p[0]) / math.log(10)
+
+    assert log10p_of_student(torch.cat([real, marked]), 0) <= -5       # 10 % of the pool marked
+    for seed in range(5):                         # clean students: never flagged at α = 0.01
+        clean = train[order[6000 + 2222 * seed: 6000 + 2222 * (seed + 1)]]
+        assert log10p_of_student(clean, seed) > -2
+
+
+def test_the_kgw_filter_holds_a_fresh_data_loop_at_its_real_only_baseline(cli, tmp_path):
+    little_real = ["loop.n_real=300", "loop.n_synthetic=1700", "watermark=kgw"]
+    drifting = rows_of(cli, tmp_path / "plain", "text_fresh_data", *little_real)
+    filtered = rows_of(cli, tmp_path / "filtered", "text_fresh_data", *little_real,
+                       "filter=detector")
+    base = float(drifting[0]["ppl_real"])          # generation 1: the 300 real windows alone
+    assert float(drifting[-1]["ppl_real"]) > 1.2 * base
+    assert abs(float(filtered[-1]["ppl_real"]) / float(filtered[0]["ppl_real"]) - 1) < 0.1
+    drop = [float(r["filter_real_drop_rate"]) for r in filtered]
+    assert sum(drop) / len(drop) <= 1.5 * 0.01, drop
+    assert all(float(r["filter_tpr"]) > 0.95 for r in filtered[1:])
