@@ -67,6 +67,11 @@ def test_kgw_false_positive_rate_on_real_held_out_windows(shakespeare):
 
 
 def test_a_model_trained_on_ten_percent_marked_text_is_radioactive(shakespeare):
+    """Sander et al.'s test (corpus-level de-duplicated windows of the student's own samples).
+    The p-value is exact over random keys, not for one key on one language: under a fixed key
+    the language's own bigrams have a green rate a little off γ (real Shakespeare itself scored
+    log10 p = −1.6 under the key below), and every clean model of that language shares it. So
+    each clean student is tested with a key of its own, as independent deployments would be."""
     source, splits = shakespeare
     vocab = source.tokenizer.vocab_size
     train = splits.train
@@ -77,17 +82,17 @@ def test_a_model_trained_on_ten_percent_marked_text_is_radioactive(shakespeare):
     marked = teacher.sample(222, generator=generator(0, 1, "marked"), chooser=wm)
     real = train[order[4000:6000]]
 
-    def log10p_of_student(pool, seed):
+    def log10p_of_student(pool, seed, key):
         student = NGramModel(order=3, vocab_size=vocab)
         student.fit(pool, None)
         samples = student.sample(2000, generator=generator(seed, 2, "student"))
-        pooled = wm.pooled(wm.score(samples, dedup="corpus"))
+        pooled = key.pooled(key.score(samples, dedup="corpus"))
         return float(pooled.log_p[0]) / math.log(10)
 
-    assert log10p_of_student(torch.cat([real, marked]), 0) <= -5       # 10 % of the pool marked
+    assert log10p_of_student(torch.cat([real, marked]), 0, wm) <= -5     # 10 % of the pool
     for seed in range(5):                         # clean students: never flagged at α = 0.01
         clean = train[order[6000 + 2222 * seed: 6000 + 2222 * (seed + 1)]]
-        assert log10p_of_student(clean, seed) > -2
+        assert log10p_of_student(clean, seed, KGW(f"deployment-{seed}", vocab)) > -2
 
 
 def test_the_kgw_filter_holds_a_fresh_data_loop_at_its_real_only_baseline(cli, tmp_path):
