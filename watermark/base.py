@@ -32,7 +32,7 @@ def check_images(x: torch.Tensor, name: str = "x") -> torch.Tensor:
         raise ValueError(f"{name} must have 1 or 3 channels, got C = {x.shape[1]}")
     if x.shape[0] == 0 or x.shape[2] == 0 or x.shape[3] == 0:
         raise ValueError(f"{name} is empty: shape {tuple(x.shape)}")
-    if not torch.isfinite(x).all():
+    if not torch.isfinite(torch.stack(torch.aminmax(x))).all():   # one pass; NaN propagates to both
         raise ValueError(f"{name} contains NaN or infinite values")
     return x
 
