@@ -27,7 +27,7 @@ def corpus(tmp_path_factory):
 def text_args(corpus, tmp_path, *extra):
     return ["run", "data=textfile", f"data.path={corpus}", "data.vocab_size=512",
             "data.seq_len=32", "data.reference_fraction=0.2",
-            f"data.cache_dir={tmp_path / 'tokenizers'}", "model=ngram", "loop.n_real=400",
+            f"data.cache_dir={corpus.parent / 'tokenizers'}", "model=ngram", "loop.n_real=400",
             "eval.text_n_eval=300", "eval.text_features=false", "progress=false", *extra]
 
 
@@ -83,6 +83,7 @@ def test_kgw_marks_at_sampling_time_and_the_filter_drops_marked_documents(cli, c
     assert len(flagged) == 30 and sum(flagged) >= 25, stdout
 
 
+@pytest.mark.slow        # the kgw run test covers the stage; this one the unmarked arm (~15 s)
 def test_the_control_arm_measures_without_marking(cli, corpus, tmp_path):
     code, _, err = cli(*text_args(corpus, tmp_path, "loop=fully_synthetic", "loop.generations=2",
                                   "watermark=exp", "watermark.mark=false"))
@@ -108,3 +109,16 @@ def test_mixing_text_and_image_parts_is_a_one_line_error(cli, corpus, tmp_path, 
 def test_a_text_watermark_on_images_is_a_one_line_error(cli, tmp_path):
     code, _, err = cli("run", "watermark=kgw", "loop.generations=1", "progress=false")
     assert code == 2 and "watermark=kgw marks text" in err, err
+
+
+@pytest.mark.slow        # ~20-40 s: tests/loops/models/test_gpt.py covers the model itself
+def test_the_small_transformer_runs_the_same_loop(cli, corpus, tmp_path):
+    args = [a for a in text_args(corpus, tmp_path, "loop=fully_synthetic", "loop.generations=2",
+                                 "loop.n_real=64", "model.steps=3", "model.batch_size=8",
+                                 "watermark=kgw")
+            if a != "model=ngram"]
+    code, _, err = cli(*args, "model=gpt_tiny")
+    assert code == 0, err
+    rows = read_csv(only_run(tmp_path) / "results.csv")
+    assert [r["fit_steps"] for r in rows] == ["3.0", "3.0"]
+    assert all(float(r["ppl_real"]) > 1 and float(r["wm_detect_rate"]) >= 0 for r in rows)
