@@ -37,7 +37,9 @@ from madmark.scorecard import CSV_COLUMNS as SCORECARD_CSV, scorecard_rows, scor
 SWEEP_METRICS = declared(("precision", "recall", "density", "coverage", "fid",
                           "inherit_detect_rate", "inherit_bit_acc", "artifact_energy",
                           "artifact_energy_growth", "filter_tpr", "filter_real_drop_rate",
-                          "real_fraction", "cas", "cas_augmented", "spread_ratio", "w2_to_true"))
+                          "real_fraction", "cas", "cas_augmented", "ppl_real", "ppl_ref",
+                          "distinct_2", "tail_mass", "inherit_z_median", "radio_log10p",
+                          "spread_ratio", "w2_to_true"))
 
 
 #: metrics compared with the control arm (``arm=control``), when the sweep has one
