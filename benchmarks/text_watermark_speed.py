@@ -45,8 +45,35 @@ def bigram(args) -> TextLM:
     return BigramLM(args.vocab, scale=args.scale, seed=0, seq_len=args.length)
 
 
-#: --model name -> factory(args) -> a fitted TextLM (add "ngram", "gpt" when they land)
-MODELS: dict[str, Callable[[argparse.Namespace], TextLM]] = {"bigram": bigram}
+def _token_windows(args) -> torch.Tensor:
+    """Training windows for the real models: sequences of the bigram stand-in (no corpus
+    needed), 2,000 × ``args.length`` tokens of a ``args.vocab``-token vocabulary."""
+    return bigram(args).sample(2000, generator=torch.Generator().manual_seed(1),
+                               length=args.length)
+
+
+def ngram(args) -> TextLM:
+    """model=ngram (trigram Kneser–Ney) fitted on the stand-in's windows."""
+    from loops.models import NGramModel
+
+    model = NGramModel(order=3, vocab_size=args.vocab)
+    model.fit(_token_windows(args), None)
+    return model
+
+
+def gpt(args) -> TextLM:
+    """model=gpt (the default config's network) after a short fit (20 steps: the speed of
+    sampling does not depend on how well it is trained)."""
+    from loops.models import GPTModel
+
+    model = GPTModel(vocab_size=args.vocab, steps=20, warmup_steps=2)
+    model.fit(_token_windows(args), torch.Generator().manual_seed(0))
+    return model
+
+
+#: --model name -> factory(args) -> a fitted TextLM
+MODELS: dict[str, Callable[[argparse.Namespace], TextLM]] = {"bigram": bigram, "ngram": ngram,
+                                                             "gpt": gpt}
 
 
 def loadavg() -> str:
