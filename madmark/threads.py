@@ -174,6 +174,7 @@ def in_effect() -> dict[str, Any]:
     if budget is not None:
         record.update(budget=budget.threads, **{k: v for k, v in asdict(budget).items()
                                                  if k != "threads"})
+    record["omp_wait_policy"] = os.environ.get("OMP_WAIT_POLICY")   # madmark/__init__.py
     record["torch_threads"] = torch.get_num_threads()
     record["torch_interop_threads"] = torch.get_num_interop_threads()
     record["libraries"] = {str(i.get("prefix")): i.get("num_threads") for i in threadpool_info()}

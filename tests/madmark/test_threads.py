@@ -117,3 +117,18 @@ def test_a_joblib_multirun_job_reads_n_jobs_from_the_hydra_config(monkeypatch):
         assert (budget.threads, budget.source, budget.n_jobs) == (1, "affinity / n_jobs", 4)
     finally:
         HydraConfig.instance().cfg = None
+
+
+def test_the_madmark_package_makes_openmp_threads_wait_passively_unless_told_otherwise():
+    import subprocess
+    import sys
+
+    code = ("import madmark, os, torch; from madmark import threads; "
+            "print(os.environ['OMP_WAIT_POLICY'], threads.in_effect()['omp_wait_policy'])")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         check=True).stdout.split()
+    assert out == ["PASSIVE", "PASSIVE"]
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**env, "OMP_WAIT_POLICY": "ACTIVE"}, check=True).stdout.split()
+    assert out == ["ACTIVE", "ACTIVE"]                 # a user's choice wins
