@@ -85,7 +85,9 @@ def shared_run(tmp_path_factory):
     returns (the run directory, what the run printed). The directory is shared: a test that
     changes it, or runs a command that writes into it (report, radioactivity, resume), copies it
     first with :func:`copy_run`. Each run computes with one torch thread, whichever test asks
-    first (as under tests/conftest.py's one_torch_thread; results do not depend on it)."""
+    first (as under tests/conftest.py's one_torch_thread): a test comparing a shared run's files
+    with a run of its own byte for byte uses one_torch_thread too (the last digits of e.g. fid
+    can depend on the thread count)."""
     runs: dict[tuple[str, ...], tuple[Path, str]] = {}
 
     def get(*overrides: str) -> tuple[Path, str]:
