@@ -134,19 +134,33 @@ def _series(rows: list[dict[str, Any]], name: str) -> list[tuple[float, float, f
 
 Panel = tuple[str, tuple[tuple[str, str], ...], Union[float, str, None]]
 
+#: path -> (what its PNG was drawn from, the file's size and mtime once written), for the PNGs
+#: this process drew: a report rewritten from the same rows (a run's final report repeats its
+#: last generation's) keeps such a file instead of drawing it again
+_DRAWN: dict[str, tuple[str, int, int]] = {}
+
 
 def plot_panels(rows: list[dict[str, Any]], panels: tuple[Panel, ...], path: Path,
                 title: str = "") -> bool:
     """One panel per entry of ``panels`` with data (see :data:`ARTIFACT_PANELS`), against
-    generation, written atomically to ``path``; False (and nothing written) if no panel has data."""
+    generation, written atomically to ``path``; False (and nothing written) if no panel has data.
+    A file this process drew from the same data, unchanged since, is kept as it is."""
     from matplotlib.ticker import MaxNLocator
 
     present = [(name, [(col, label, _series(rows, col)) for col, label in lines], ref)
                for name, lines, ref in panels]
     present = [(name, [ln for ln in lines if ln[2]], ref) for name, lines, ref in present]
-    present = [p for p in present if p[1]]
+    present = [(name, lines, _number(rows[0].get(ref)) if isinstance(ref, str) else ref)
+               for name, lines, ref in present if lines]
     if not present:
         return False
+    drawn_from, where = repr((present, title)), str(Path(path).resolve())
+    try:
+        stat = Path(path).stat()
+        if _DRAWN.get(where) == (drawn_from, stat.st_size, stat.st_mtime_ns):
+            return True
+    except OSError:
+        pass
     cols = min(3, len(present))
     nrows = math.ceil(len(present) / cols)
     fig, axes = new_figure(nrows, cols, figsize=(4 * cols, 3 * nrows), squeeze=False)
@@ -160,8 +174,6 @@ def plot_panels(rows: list[dict[str, Any]], panels: tuple[Panel, ...], path: Pat
                 bars = True
             else:
                 ax.plot(g, v, marker="o", label=label)
-        if isinstance(ref, str):
-            ref = _number(rows[0].get(ref)) if rows else None
         if ref is not None:
             ax.axhline(ref, color="grey", linestyle=":", linewidth=1)
         if len(lines) > 1:
@@ -176,6 +188,8 @@ def plot_panels(rows: list[dict[str, Any]], panels: tuple[Panel, ...], path: Pat
         fig.suptitle(title)
     fig.tight_layout()
     save_png(fig, path, dpi=100)
+    stat = Path(path).stat()
+    _DRAWN[where] = (drawn_from, stat.st_size, stat.st_mtime_ns)
     return True
 
 

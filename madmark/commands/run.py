@@ -43,7 +43,8 @@ from madmark.config_schema import check_config, implied_types
 from madmark.console import GenerationProgress, format_table
 from madcore.errors import MadmarkError
 from madmark.evaluation import spread_evaluator, vector_truth_evaluator
-from madmark.hydra_app import baseline_config, discard_new_output, report_error, run_hydra
+from madmark.hydra_app import (baseline_config, discard_new_output, is_group_override,
+                               report_error, run_hydra)
 from madmark.metrics import GenerationMetrics, make_extractor
 from madmark.report import CONSOLE_TABLE, SETTINGS, WATERMARK_SETTINGS, write_report
 from madmark.rundir import RunDir, environment, results_rows
@@ -87,17 +88,30 @@ def loop_settings(cfg: DictConfig, n_train: int) -> LoopSettings:
                         n_synthetic=n_synthetic, bias=float(cfg.loop.bias), seed=int(cfg.seed))
 
 
+#: the implied types of each (primary config, group choices, config sources) seen by this process:
+#: composing the baseline costs as much as composing the run's config, and check_run_config runs
+#: twice per run (the preflight, then the task) and once per job of an in-process sweep
+_IMPLIED: dict[tuple, dict] = {}
+
+
+def _implied_types() -> dict:
+    """:func:`madmark.config_schema.implied_types` of the running Hydra job's baseline config
+    (:func:`madmark.hydra_app.baseline_config`), composed once per key of :data:`_IMPLIED`."""
+    hydra_cfg = HydraConfig.get()
+    groups = tuple(o for o in hydra_cfg.overrides.task if is_group_override(o))
+    sources = tuple((s.provider, s.schema, s.path) for s in hydra_cfg.runtime.config_sources)
+    key = (hydra_cfg.job.config_name, groups, sources)
+    if key not in _IMPLIED:
+        baseline = baseline_config(hydra_cfg.job.config_name, list(groups))
+        _IMPLIED[key] = {} if baseline is None else implied_types(baseline)
+    return _IMPLIED[key]
+
+
 def check_run_config(cfg: DictConfig) -> None:
     """The settings' types: declared (madmark.config_schema.RunSchema) and, inside a Hydra app,
     implied by the config files for the groups chosen; ``threads`` is null or >= 1;
     ``resume_from`` needs ``resume``."""
-    implied = {}
-    if HydraConfig.initialized():
-        hydra_cfg = HydraConfig.get()
-        baseline = baseline_config(hydra_cfg.job.config_name, list(hydra_cfg.overrides.task))
-        if baseline is not None:
-            implied = implied_types(baseline)
-    check_config(cfg, implied)
+    check_config(cfg, _implied_types() if HydraConfig.initialized() else {})
     check_threads(cfg.get("threads"))
     check_modalities(cfg, text=data_is_text(cfg))
     if cfg.get("resume_from") is not None and not cfg.get("resume"):

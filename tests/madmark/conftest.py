@@ -1,10 +1,14 @@
+import contextlib
+import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from madmark.cli import main
 
@@ -72,3 +76,42 @@ def preempt_after_generation(monkeypatch, t: int) -> None:
             raise SystemExit(-1)
 
     monkeypatch.setattr(run_command, "write_report", report_then_exit)
+
+
+@pytest.fixture(scope="session")
+def shared_run(tmp_path_factory):
+    """``shared_run(*overrides)``: ``madmark run *overrides`` in-process, once per session for each
+    distinct list of overrides (several tests assert on one run instead of each running its own);
+    returns (the run directory, what the run printed). The directory is shared: a test that
+    changes it, or runs a command that writes into it (report, radioactivity, resume), copies it
+    first with :func:`copy_run`. Each run computes with one torch thread, whichever test asks
+    first (as under tests/conftest.py's one_torch_thread): a test comparing a shared run's files
+    with a run of its own byte for byte uses one_torch_thread too (the last digits of e.g. fid
+    can depend on the thread count)."""
+    runs: dict[tuple[str, ...], tuple[Path, str]] = {}
+
+    def get(*overrides: str) -> tuple[Path, str]:
+        if overrides not in runs:
+            root = tmp_path_factory.mktemp("shared_run")
+            out, err = io.StringIO(), io.StringIO()
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)
+            try:
+                with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(out), \
+                        contextlib.redirect_stderr(err):
+                    patch.setenv("OMP_NUM_THREADS", "1")
+                    code = main(["run", *overrides, f"out_dir={root / 'outputs'}"])
+            finally:
+                torch.set_num_threads(threads)
+            assert code == 0, err.getvalue()
+            (run,) = run_dirs(root / "outputs")
+            runs[overrides] = run, out.getvalue()
+        return runs[overrides]
+
+    return get
+
+
+def copy_run(run: Path, where: Path) -> Path:
+    """A private copy of a (shared) run directory under ``where``, with the run's folder name
+    (its report's title)."""
+    return Path(shutil.copytree(run, where / run.name))

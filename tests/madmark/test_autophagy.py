@@ -11,12 +11,17 @@ from loops.checkpoint import Checkpoints
 from madmark.data import MNIST5k
 from madmark.rundir import read_csv
 from madmark.watermarking import RunWatermark
-from tests.madmark.conftest import run_dirs
+from tests.madmark.conftest import copy_run, run_dirs
 
 TINY = ["loop.n_real=300", "loop.n_synthetic=300", "eval.enabled=false", "progress=false",
         "model.n_components=16", "model.gmm_components=4",
         "samples_grid=0"]
 SECRET = "correct-horse-battery-staple-7f3a"
+#: runs that several tests here and in test_columns.py read (the shared_run fixture runs each once)
+WATERMARK = ("watermark=spread_spectrum", "loop.generations=3", *TINY)
+CONTROL = ("watermark=spread_spectrum", "arm=control", "loop.generations=2", *TINY)
+FILTER = ("loop=synthetic_augmentation", "watermark=spread_spectrum", "filter=detector",
+          "loop.generations=3", *TINY)
 
 
 def only_run(root):
@@ -39,10 +44,8 @@ def test_presets_compose_and_run(cli, tmp_path, experiment):
         assert float(rows[0]["inherit_bit_acc"]) < 0.6          # generation 1 never saw a mark
 
 
-def test_watermark_loop_writes_marks_inheritance_and_artifacts(cli, tmp_path):
-    code, out, err = cli("run", "watermark=spread_spectrum", "loop.generations=3", *TINY)
-    assert code == 0, err
-    run = only_run(tmp_path / "outputs")
+def test_watermark_loop_writes_marks_inheritance_and_artifacts(shared_run):
+    run, _ = shared_run(*WATERMARK)
     rows = read_csv(run / "results.csv")
     assert [int(r["n_marked"]) for r in rows] == [0, 300, 300]
     assert all(float(r["wm_psnr"]) > 35 for r in rows)
@@ -55,20 +58,16 @@ def test_watermark_loop_writes_marks_inheritance_and_artifacts(cli, tmp_path):
     assert "inherit_detect_rate" in (run / "report.md").read_text()
 
 
-def test_control_arm_measures_without_marking(cli, tmp_path):
-    code, _, err = cli("run", "watermark=spread_spectrum", "arm=control", "loop.generations=2",
-                       *TINY)
-    assert code == 0, err
-    rows = read_csv(only_run(tmp_path / "outputs") / "results.csv")
+def test_control_arm_measures_without_marking(shared_run):
+    run, _ = shared_run(*CONTROL)
+    rows = read_csv(run / "results.csv")
     assert [r["n_marked"] for r in rows] == ["0", "0"] and "wm_psnr" not in rows[0]
     assert all(float(r["inherit_detect_rate"]) < 0.05 for r in rows)
 
 
-def test_filter_drops_marked_samples_and_few_real_ones(cli, tmp_path):
-    code, _, err = cli("run", "loop=synthetic_augmentation", "watermark=spread_spectrum",
-                       "filter=detector", "loop.generations=3", *TINY)
-    assert code == 0, err
-    rows = read_csv(only_run(tmp_path / "outputs") / "results.csv")
+def test_filter_drops_marked_samples_and_few_real_ones(shared_run):
+    run, _ = shared_run(*FILTER)
+    rows = read_csv(run / "results.csv")
     for row in rows[1:]:
         assert float(row["filter_tpr"]) >= 0.95
         assert int(row["filter_synth_caught"]) + int(row["filter_synth_missed"]) == 300
@@ -125,10 +124,8 @@ def test_secret_key_never_reaches_the_run_directory(cli, tmp_path):
     assert code == 0 and "not flagged" in out
 
 
-def test_radioactivity_flags_a_model_trained_on_marked_data(cli, tmp_path):
-    code, _, err = cli("run", "watermark=spread_spectrum", "loop.generations=2", *TINY)
-    assert code == 0, err
-    run = only_run(tmp_path / "outputs")
+def test_radioactivity_flags_a_model_trained_on_marked_data(cli, tmp_path, shared_run):
+    run = copy_run(shared_run(*WATERMARK)[0], tmp_path)      # radioactivity writes into the run
     code, out, err = cli("radioactivity", str(run / "state" / "g0002.pt"), "n=400")
     assert code == 0, err
     (record_path,) = (run / "radioactivity").glob("g0002_*.json")

@@ -21,6 +21,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 #: a small mnist5k loop: 300 digits per pool, PCA-16 + GMM-4
 SMALL = ["loop.generations=2", "loop.n_real=300", "model.n_components=16",
          "model.gmm_components=4", "progress=false"]
+#: the CAS run (shared with test_columns.py through the shared_run fixture)
+CAS = (*SMALL, "eval.cas=true", "eval.cas_augmented=true")
 
 
 def results(root):
@@ -35,10 +37,9 @@ def one_line(err: str) -> str:
     return lines[0]
 
 
-def test_a_run_with_cas_writes_its_columns_report_and_plot(cli, tmp_path):
-    code, out, err = cli("run", *SMALL, "eval.cas=true", "eval.cas_augmented=true")
-    assert code == 0, err
-    run, rows = results(tmp_path / "outputs")
+def test_a_run_with_cas_writes_its_columns_report_and_plot(shared_run):
+    run, _ = shared_run(*CAS)
+    run, rows = results(run)
     assert len(rows) == 2
     for r in rows:
         for c in ("cas", "cas_real", "cas_augmented"):

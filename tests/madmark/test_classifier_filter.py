@@ -18,6 +18,8 @@ from tests.madmark.conftest import REPO, preempt_after_generation, run_dirs
 from tests.madmark.test_autophagy import TINY
 
 CLASSIFIER = ["filter=classifier", "filter.n_draw=300", *TINY]
+#: the fresh-data run (shared with test_columns.py through the shared_run fixture)
+FRESH_CLASSIFIER = ("loop=fresh_data", "loop.generations=3", *CLASSIFIER)
 
 
 def only_run(root):
@@ -25,10 +27,8 @@ def only_run(root):
     return run
 
 
-def test_fresh_data_loop_with_the_classifier_filter(cli, tmp_path):
-    code, _, err = cli("run", "loop=fresh_data", "loop.generations=3", *CLASSIFIER)
-    assert code == 0, err
-    run = only_run(tmp_path / "outputs")
+def test_fresh_data_loop_with_the_classifier_filter(shared_run):
+    run, _ = shared_run(*FRESH_CLASSIFIER)
     rows = read_csv(run / "results.csv")
     header = list(rows[0])
     filter_columns = [*names(FILTER_COLUMNS), *names(COLUMNS)]

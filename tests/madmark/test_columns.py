@@ -9,7 +9,11 @@ from madmark.console import format_table
 from madmark.report import markdown_table
 from madmark.rundir import read_csv
 from tests.madmark.conftest import FAST, REPO, run_dirs
-from tests.madmark.test_autophagy import TINY
+from tests.madmark.test_autophagy import CONTROL, FILTER, TINY, WATERMARK
+from tests.madmark.test_cas_run import CAS
+from tests.madmark.test_classifier_filter import FRESH_CLASSIFIER
+from tests.madmark.test_latent_diffusion_preset import SMOKE as LATENT_DIFFUSION_SMOKE
+from tests.madmark.test_vae_preset import SMOKE as VAE_SMOKE
 
 # -- which producers run, and which narrower conditions hold, for a run's resolved config ------
 MODEL_PREFIX = "loops.models."
@@ -62,36 +66,31 @@ def test_every_producer_and_condition_is_encoded_here():
 
 
 NO_EVAL = [o for o in TINY if o != "eval.enabled=false"]
+#: one run per set of producers; the runs other tests assert on too are shared with them
+#: (the shared_run fixture runs each once per session)
 CONFIGS = {
     "gaussian": FAST,
     "gmm2d": ["data=gmm2d", "model=gmm", "data.n_train=300", "data.n_reference=300",
               "model.n_components=4", "loop.generations=2", "eval.kid=false", "progress=false"],
     "mnist": [*TINY, "loop.generations=2"],
-    "mnist_cas": [*TINY, "loop.generations=2", "eval.cas=true", "eval.cas_augmented=true"],
+    "mnist_cas": CAS,
     "mnist_eval": [*NO_EVAL, "loop.generations=2", "eval.features.name=random_cnn",
                    "eval.fid=false", "eval.kid_subset_size=100"],
-    "watermark": [*TINY, "loop.generations=2", "watermark=spread_spectrum"],
+    "watermark": WATERMARK,
     "watermark_aware": [*TINY, "loop.generations=2", "watermark=spread_spectrum_aware"],
-    "watermark_filter_augmentation": [*TINY, "loop.generations=2", "watermark=spread_spectrum",
-                                      "filter=detector", "loop=synthetic_augmentation"],
-    "control": [*TINY, "loop.generations=2", "watermark=spread_spectrum", "arm=control"],
+    "watermark_filter_augmentation": FILTER,
+    "control": CONTROL,
     "watermark_generation_keys": [*TINY, "loop.generations=3", "watermark=spread_spectrum_aware",
                                   "watermark.key_mode=generation"],
-    "classifier_filter": [*TINY, "loop.generations=2", "loop=fresh_data", "filter=classifier",
-                          "filter.n_draw=200", "filter.cnn.epochs=1"],
-    "vae": [*(o for o in TINY if not o.startswith("model.")), "loop.generations=1", "model=vae_tiny", "model.epochs=1",
-            "model.prior_steps=20"],
-    "latent_diffusion": [*(o for o in TINY if not o.startswith("model.")), "loop.generations=1",
-                         "model=latent_diffusion_tiny", "model.ae_steps=5",
-                         "model.train_steps=5"],
+    "classifier_filter": FRESH_CLASSIFIER,
+    "vae": VAE_SMOKE,
+    "latent_diffusion": LATENT_DIFFUSION_SMOKE,
 }
 
 
 @pytest.mark.parametrize("name", CONFIGS)
-def test_a_run_writes_exactly_the_declared_columns_of_its_producers(cli, tmp_path, name):
-    code, _, err = cli("run", *CONFIGS[name], f"name={name}")
-    assert code == 0, err
-    (run,) = run_dirs(tmp_path / "outputs" / name)
+def test_a_run_writes_exactly_the_declared_columns_of_its_producers(shared_run, name):
+    run, _ = shared_run(*CONFIGS[name])
     header = list(read_csv(run / "results.csv")[0])
     declared(header)                                         # every column is declared
     cfg = OmegaConf.load(run / "config.yaml")

@@ -16,11 +16,13 @@ TINY = ["model=latent_diffusion_tiny", "model.ae_steps=10", "model.train_steps=2
         "progress=false", "samples_grid=16"]
 
 
-def test_latent_diffusion_tiny_smoke_run(cli, tmp_path):
-    code, _, err = cli("run", *TINY, "loop.generations=2", "loop.n_real=600",
-                       "loop.bias=0.8", "eval.features.name=random_cnn")
-    assert code == 0, err
-    (run,) = run_dirs(tmp_path / "outputs" / "default")
+#: the smoke run (shared with test_columns.py through the shared_run fixture)
+SMOKE = (*TINY, "loop.generations=2", "loop.n_real=600", "loop.bias=0.8",
+         "eval.features.name=random_cnn")
+
+
+def test_latent_diffusion_tiny_smoke_run(shared_run):
+    run, _ = shared_run(*SMOKE)
     rows = read_csv(run / "results.csv")
     assert [r["generation"] for r in rows] == ["1", "2"]
     assert [r["real_fraction"] for r in rows] == ["1.0", "0.0"]      # fully synthetic

@@ -7,12 +7,11 @@ from madmark.console import format_table
 from madmark.report import (ARTIFACT_PANELS, CONSOLE_TABLE, FILTER_TABLE, KEY_TABLE, SETTINGS,
                             TABLE, WATERMARK_TABLE, write_report)
 from madmark.rundir import rows_to_csv
-from tests.madmark.conftest import FAST, run_dirs
+from tests.madmark.conftest import FAST, copy_run
 
 
-def test_report_is_rebuilt_from_results_csv(cli, tmp_path):
-    assert cli("run", *FAST, "name=rep")[0] == 0
-    (run,) = run_dirs(tmp_path / "outputs" / "rep")
+def test_report_is_rebuilt_from_results_csv(cli, tmp_path, shared_run):
+    run = copy_run(shared_run(*FAST)[0], tmp_path / "copy")          # the test removes files
     report = (run / "report.md").read_text()
     assert "| generation |" in report and "w2_to_true" in report
     assert (run / "plots" / "metrics.png").stat().st_size > 1000

@@ -198,12 +198,10 @@ def test_tensorboard_resume_hides_a_step_logged_past_the_record(tmp_path):
 
 # ---- off, missing packages, helpers ----------------------------------------------------------
 
-def test_logger_none_writes_no_tracking_files(cli, tmp_path):
-    code, _, err = cli("run", *FAST)
-    assert code == 0, err
-    run = only_run(tmp_path / "outputs" / "default")
+def test_logger_none_writes_no_tracking_files(shared_run):
+    run, _ = shared_run(*FAST)                          # outputs/default/<date-time>
     assert not (run / "tracking.json").exists() and not (run / "tensorboard").exists()
-    assert sorted(p.name for p in (tmp_path / "outputs").iterdir()) == ["default"]
+    assert sorted(p.name for p in run.parent.parent.iterdir()) == ["default"]
 
 
 @pytest.mark.parametrize("logger, package", [("tensorboard", "tensorboard"), ("mlflow", "mlflow"),

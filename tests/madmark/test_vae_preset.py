@@ -15,11 +15,13 @@ def lenet(tmp_path) -> list[str]:
     return ["eval.features.epochs=2", f"eval.features.cache_dir={tmp_path / 'cache'}"]
 
 
-def test_vae_tiny_smoke_run(cli, tmp_path):
-    code, _, err = cli("run", "model=vae_tiny", "loop.generations=2", "progress=false",
-                       "loop.n_real=600", "samples_grid=16", "eval.features.name=random_cnn")
-    assert code == 0, err
-    (run,) = run_dirs(tmp_path / "outputs" / "default")
+#: the smoke run (shared with test_columns.py through the shared_run fixture)
+SMOKE = ("model=vae_tiny", "loop.generations=2", "progress=false", "loop.n_real=600",
+         "samples_grid=16", "eval.features.name=random_cnn")
+
+
+def test_vae_tiny_smoke_run(shared_run):
+    run, _ = shared_run(*SMOKE)
     rows = read_csv(run / "results.csv")
     assert [r["generation"] for r in rows] == ["1", "2"]
     assert [r["real_fraction"] for r in rows] == ["1.0", "0.0"]      # fully synthetic
