@@ -27,10 +27,12 @@ def shakespeare():
 
 
 def rows_of(cli, tmp_path, preset, *extra):
+    """results.csv of a new run of ``preset`` (the cli fixture writes under tmp_path/outputs)."""
+    before = set(run_dirs(tmp_path / "outputs"))
     code, _, err = cli("run", f"experiment={preset}", "eval.text_features=false",
                        "progress=false", *extra)
     assert code == 0, err
-    (run,) = run_dirs(tmp_path / "outputs")
+    (run,) = set(run_dirs(tmp_path / "outputs")) - before
     return read_csv(run / "results.csv")
 
 
@@ -45,7 +47,7 @@ def test_fully_synthetic_text_collapses_and_fresh_data_holds(cli, tmp_path):
     assert all(a < b for a, b in zip(ppl, ppl[1:])), ppl           # the real text grows unlikely
     assert all(a > b for a, b in zip(tail, tail[1:])), tail        # the tails go first
     assert d2[-1] < 0.5 * d2[0] and d4[-1] < 0.7 * d4[0]
-    fresh = rows_of(cli, tmp_path / "fresh", "text_fresh_data")
+    fresh = rows_of(cli, tmp_path, "text_fresh_data")
     p0, t0 = fresh[0], fresh[-1]
     assert abs(float(t0["ppl_real"]) / float(p0["ppl_real"]) - 1) < 0.15, fresh
     assert abs(float(t0["distinct_2"]) - float(p0["distinct_2"])) < 0.05
@@ -97,8 +99,8 @@ def test_a_model_trained_on_ten_percent_marked_text_is_radioactive(shakespeare):
 
 def test_the_kgw_filter_holds_a_fresh_data_loop_at_its_real_only_baseline(cli, tmp_path):
     little_real = ["loop.n_real=300", "loop.n_synthetic=1700", "watermark=kgw"]
-    drifting = rows_of(cli, tmp_path / "plain", "text_fresh_data", *little_real)
-    filtered = rows_of(cli, tmp_path / "filtered", "text_fresh_data", *little_real,
+    drifting = rows_of(cli, tmp_path, "text_fresh_data", *little_real)
+    filtered = rows_of(cli, tmp_path, "text_fresh_data", *little_real,
                        "filter=detector")
     base = float(drifting[0]["ppl_real"])          # generation 1: the 300 real windows alone
     assert float(drifting[-1]["ppl_real"]) > 1.2 * base
