@@ -12,11 +12,24 @@ from tests.madmark.conftest import FAST, REPO, run_dirs
 from tests.madmark.test_autophagy import CONTROL, FILTER, TINY, WATERMARK
 from tests.madmark.test_cas_run import CAS
 from tests.madmark.test_classifier_filter import FRESH_CLASSIFIER
+from madmark.text_run import data_is_text
 from tests.madmark.test_latent_diffusion_preset import SMOKE as LATENT_DIFFUSION_SMOKE
 from tests.madmark.test_vae_preset import SMOKE as VAE_SMOKE
 
 # -- which producers run, and which narrower conditions hold, for a run's resolved config ------
 MODEL_PREFIX = "loops.models."
+def text(cfg) -> bool:
+    return data_is_text(cfg)
+
+
+def image_mark(cfg) -> bool:
+    return bool(cfg.watermark.enabled) and not text(cfg)
+
+
+def text_mark(cfg) -> bool:
+    return bool(cfg.watermark.enabled) and text(cfg)
+
+
 #: producer -> does it run for this config (models: their class is the run's model)
 RUNS = {
     "loops.engine.LoopEngine": lambda cfg: True,
@@ -24,19 +37,25 @@ RUNS = {
     "loops.stages.FilterStage": lambda cfg: bool(cfg.filter.enabled),
     "madmark.classifier_filter.ClassifierFilter":
         lambda cfg: bool(cfg.filter.enabled) and cfg.filter.get("method") == "classifier",
-    "madmark.evaluation.spread_evaluator": lambda cfg: True,
-    "madmark.metrics.GenerationMetrics": lambda cfg: bool(cfg.eval.enabled),
+    "madmark.evaluation.spread_evaluator": lambda cfg: not text(cfg),
+    "madmark.metrics.GenerationMetrics":
+        lambda cfg: bool(cfg.eval.enabled) and (not text(cfg) or bool(cfg.eval.text_features)),
+    "madmark.text_evaluation.TextMetrics": lambda cfg: bool(cfg.eval.enabled) and text(cfg),
     "eval.cas.ClassificationAccuracyScore": lambda cfg: bool(cfg.eval.cas),
     "madmark.evaluation.vector_truth_evaluator":      # the analytic vector sources
         lambda cfg: cfg.data._target_ in ("madmark.data.Gaussian", "madmark.data.GMM2D"),
-    "madmark.watermarking.RunWatermark.settings": lambda cfg: bool(cfg.watermark.enabled),
-    "eval.artifacts.ArtifactMeter": lambda cfg: bool(cfg.watermark.enabled),
-    "eval.idempotence.idempotence": lambda cfg: bool(cfg.watermark.enabled),
+    "madmark.watermarking.RunWatermark.settings": image_mark,
+    "eval.artifacts.ArtifactMeter": image_mark,
+    "eval.idempotence.idempotence": image_mark,
     "madmark.watermarking.RunWatermark.artifact_evaluator":
-        lambda cfg: bool(cfg.watermark.enabled) and cfg.watermark.key_mode != "run",
+        lambda cfg: image_mark(cfg) and cfg.watermark.key_mode != "run",
     "loops.stages.WatermarkStage":
-        lambda cfg: bool(cfg.watermark.enabled) and bool(cfg.watermark.get("mark", True)),
-    "eval.growth.add_growth": lambda cfg: bool(cfg.watermark.enabled),
+        lambda cfg: image_mark(cfg) and bool(cfg.watermark.get("mark", True)),
+    "eval.growth.add_growth": image_mark,
+    "madmark.text_run.TextRunWatermark.settings": text_mark,
+    "madmark.text_run.TextRunWatermark.inheritance": text_mark,
+    "loops.stages.SamplingWatermarkStage":
+        lambda cfg: text_mark(cfg) and bool(cfg.watermark.get("mark", True)),
 }
 #: a column's own condition (Column.when) -> does it hold
 WHEN = {"": lambda cfg: True, "eval.fid": lambda cfg: bool(cfg.eval.fid),
@@ -66,6 +85,27 @@ def test_every_producer_and_condition_is_encoded_here():
 
 
 NO_EVAL = [o for o in TINY if o != "eval.enabled=false"]
+
+
+def _text_corpus() -> str:
+    """Python's own help topics (pydoc_data.topics) as .txt files in a fixed temporary folder."""
+    import tempfile
+    from pathlib import Path
+
+    import pydoc_data.topics
+
+    folder = Path(tempfile.gettempdir()) / "madmark-test-pydoc-topics"
+    folder.mkdir(exist_ok=True)
+    for name, body in sorted(pydoc_data.topics.topics.items()):
+        path = folder / f"{name}.txt"
+        if not path.is_file():
+            path.write_text(body)
+    return str(folder)
+
+
+TEXT = ["data=textfile", f"data.path={_text_corpus()}", "data.vocab_size=512", "data.seq_len=32",
+        "data.reference_fraction=0.2", "model=ngram", "loop.n_real=200", "loop.generations=2",
+        "eval.text_n_eval=100", "eval.text_features=false", "progress=false"]
 #: one run per set of producers; the runs other tests assert on too are shared with them
 #: (the shared_run fixture runs each once per session)
 CONFIGS = {
@@ -85,6 +125,9 @@ CONFIGS = {
     "classifier_filter": FRESH_CLASSIFIER,
     "vae": VAE_SMOKE,
     "latent_diffusion": LATENT_DIFFUSION_SMOKE,
+    "text": TEXT,
+    "text_kgw_filter": [*TEXT, "loop=fresh_data", "loop.n_synthetic=200", "watermark=kgw",
+                        "filter=detector"],
 }
 
 
