@@ -39,7 +39,9 @@ and numpy's BLAS at their defaults).
 Oversubscription: torch's OpenMP (libgomp) threads spin-wait between parallel regions by default;
 with other CPU-bound work on the cores that spinning is what made 2 threads 3-5x slower than 1.
 ``OMP_WAIT_POLICY=PASSIVE`` in the environment (read when libgomp loads, i.e. before ``import
-torch``; run ``OMP_WAIT_POLICY=PASSIVE python benchmarks/prdc_speed.py ...``) removes it.
+torch``; run ``OMP_WAIT_POLICY=PASSIVE python benchmarks/prdc_speed.py ...``) removes it. The
+``madmark`` command sets it by default (madmark/__init__.py); this script measures the library
+as imported, so it keeps the environment's setting.
 """
 from __future__ import annotations
 
