@@ -72,7 +72,7 @@ MANIFEST = [*COLUMNS, "decision"]
 #: options that only text inputs take, and those only images take
 TEXT_OPTIONS = ("tokenizer", "run", "text_field", "dedup", "gamma", "delta", "context_width",
                 "green_list", "test")
-IMAGE_OPTIONS = ("bits", "strength", "other_key", "calibrate")
+IMAGE_OPTIONS = ("bits", "strength", "calibrate")
 #: the per-document de-duplication modes (``corpus`` is the corpus test's, always run)
 DOC_DEDUP = ("document", "none")
 TOKENIZER_FIX = "pass tokenizer=<the tokenizer.json of the run that generated the text> or " \
@@ -137,6 +137,24 @@ def read_run(folder: str) -> tuple[dict, DictConfig]:
                            "pass the folder of a text run marked with kgw or exp, or give "
                            "tokenizer= and method= instead of run=")
     return record, cfg
+
+
+def check_run_key(run: Path, key: SecretKey) -> None:
+    """Refuse a key other than the one the text run marked with (its results.csv records the
+    fingerprint, ``wm_key_fingerprint``); ``other_key=true`` tests it anyway (a control)."""
+    from madmark.rundir import read_csv
+
+    try:
+        rows = read_csv(run / "results.csv")
+    except (OSError, ValueError):
+        return                                  # no finished generation recorded: nothing to compare
+    recorded = next((r.get("wm_key_fingerprint") for r in rows if r.get("wm_key_fingerprint")),
+                    None)
+    if recorded and recorded != key.fingerprint:
+        raise MadmarkError(f"run {run} marked with key {recorded} but the key given is "
+                           f"{key.fingerprint} (fingerprints)",
+                           "give the key the run marked with (key_file=), or other_key=true to "
+                           "test this key anyway")
 
 
 @dataclass
@@ -205,6 +223,8 @@ def text_setup(source: Path, opts: dict, given: set[str]) -> TextSetup:
             f"the run's experiment key (seed={int(cfg.get('seed', 0))}; not secret)"
         print(f"note: run {opts['run']} has no watermark.key_file: testing its experiment key, "
               "derived from its seed (not secret)", file=sys.stderr)
+    if opts["run"] and not opts.get("other_key"):
+        check_run_key(Path(opts["run"]).expanduser(), key)
     try:
         wm = cls(key, tok.vocab_size, config)
     except ValueError as e:

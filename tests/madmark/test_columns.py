@@ -8,7 +8,7 @@ from madmark.columns import PRODUCERS, REGISTRY, declared, docs_text
 from madmark.console import format_table
 from madmark.report import markdown_table
 from madmark.rundir import read_csv
-from tests.madmark.conftest import FAST, REPO, run_dirs
+from tests.madmark.conftest import FAST, REPO
 from tests.madmark.test_autophagy import CONTROL, FILTER, TINY, WATERMARK
 from tests.madmark.test_cas_run import CAS
 from tests.madmark.test_classifier_filter import FRESH_CLASSIFIER

@@ -81,6 +81,16 @@ def test_kgw_marks_at_sampling_time_and_the_filter_drops_marked_documents(cli, c
     assert code == 0, err
     flagged = [r["flagged"] == "True" for r in read_csv(out)]
     assert len(flagged) == 30 and sum(flagged) >= 25, stdout
+    # another key than the run's is refused, unless asked for as a control
+    other = tmp_path / "other.key"
+    other.write_text("not-the-run-key")
+    code, _, err = cli("detect", str(docs), f"run={run}", f"key_file={other}",
+                       f"out={tmp_path / 'other.csv'}")
+    assert code == 2 and "marked with key" in err and "not-the-run-key" not in err, err
+    code, _, err = cli("detect", str(docs), f"run={run}", f"key_file={other}", "other_key=true",
+                       f"out={tmp_path / 'other.csv'}")
+    assert code == 0, err
+    assert sum(r["flagged"] == "True" for r in read_csv(tmp_path / "other.csv")) <= 3
 
 
 @pytest.mark.slow        # the kgw run test covers the stage; this one the unmarked arm (~15 s)
