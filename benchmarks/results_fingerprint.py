@@ -61,6 +61,13 @@ CASES: dict[str, list[str]] = {
     "mad_ddpm_mnist_gpu": ["experiment=mad_ddpm_mnist_gpu", "device=cpu", "model=ddpm_tiny",
                            "loop.generations=2", "loop.n_real=200", "loop.n_synthetic=200",
                            "model.train_steps=10", "model.sample_steps=5"],
+    "text_fully_synthetic": ["experiment=text_fully_synthetic", "loop.generations=2",
+                             "loop.n_real=300", "eval.text_features=false"],
+    "text_fresh_data": ["experiment=text_fresh_data", "loop.generations=2", "loop.n_real=300",
+                        "loop.n_synthetic=300", "eval.text_features=false"],
+    "text_autophagy_robustness": ["experiment=text_autophagy_robustness", "arm=watermark_filter",
+                                  "loop.generations=2", "loop.n_real=300",
+                                  "eval.text_features=false"],
 }
 
 
