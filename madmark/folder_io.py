@@ -32,9 +32,10 @@ import os
 import stat
 import sys
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Optional
+from typing import Iterator, Optional
 
 import torch
 
@@ -247,6 +248,25 @@ def check_output_folder(out: Path, source: Path, role: str = "input folder",
     if out.resolve().is_relative_to(source.resolve()):
         raise MadmarkError(f"output folder {out} lies inside the {role} (which is only read)",
                            f"pass {option} outside the {role}")
+
+
+@contextmanager
+def output_folder(out: Path) -> Iterator[Path]:
+    """A temporary folder beside ``out`` that is renamed to ``out`` (absent or empty) once the
+    block has written everything into it (madcore.files.atomic_directory); a non-empty ``out`` or
+    a failed write is a one-line MadmarkError, and nothing is left behind."""
+    from madcore.files import atomic_directory
+
+    try:
+        with atomic_directory(out, empty_ok=True) as tmp:
+            yield tmp
+    except FileExistsError:
+        raise MadmarkError(f"output folder {out} already exists and is not empty (nothing is "
+                           "overwritten)", "pass out=<new folder>") from None
+    except OSError as e:
+        raise MadmarkError(f"cannot write output folder {out} ({type(e).__name__}: "
+                           f"{e.strerror or e}); nothing was left behind",
+                           "check the free space and permissions where it goes") from e
 
 
 def check_outputs(names: dict[str, str]) -> None:

@@ -46,13 +46,13 @@ from typing import Optional
 import torch
 
 from madcore.errors import MadmarkError
-from madcore.files import atomic_directory, atomic_write_text
+from madcore.files import atomic_write_text
 from madmark.commands.detect import (COLUMNS, check_alpha, check_recorded_key, detect_images,
                                      method_settings, shape_methods)
 from madmark.commands import text
 from madmark.commands.options import FilterOptions, parse
-from madmark.folder_io import (LoadedImage, check_output_folder, group_by_shape, read_folder,
-                               report_problems)
+from madmark.folder_io import (LoadedImage, check_output_folder, group_by_shape, output_folder,
+                               read_folder, report_problems)
 from madmark.hydra_app import report_error
 from madmark.methods import check_method, secret_key
 from madmark.rundir import rows_to_csv
@@ -174,21 +174,13 @@ def write_outputs(out: Path, result: dict) -> None:
     """manifest.csv, kept.txt, flagged.txt, then summary.json, into a temporary folder beside
     ``out`` that is renamed to ``out`` (absent or empty) when all are written."""
     rows = result["rows"]
-    try:
-        with atomic_directory(out, empty_ok=True) as tmp:
-            atomic_write_text(tmp / "manifest.csv", rows_to_csv({c: r.get(c, "") for c in MANIFEST}
-                                                                for r in rows))
-            for name, decision in (("kept.txt", "keep"), ("flagged.txt", "flag")):
-                atomic_write_text(tmp / name, "".join(f"{r['path']}\n" for r in rows
-                                                      if r["decision"] == decision))
-            atomic_write_text(tmp / "summary.json", json.dumps(result["summary"], indent=2) + "\n")
-    except FileExistsError:
-        raise MadmarkError(f"output folder {out} already exists and is not empty (nothing is "
-                           "overwritten)", "pass out=<new folder>") from None
-    except OSError as e:
-        raise MadmarkError(f"cannot write output folder {out} ({type(e).__name__}: "
-                           f"{e.strerror or e}); nothing was left behind",
-                           "check the free space and permissions where it goes") from e
+    with output_folder(out) as tmp:
+        atomic_write_text(tmp / "manifest.csv", rows_to_csv({c: r.get(c, "") for c in MANIFEST}
+                                                            for r in rows))
+        for name, decision in (("kept.txt", "keep"), ("flagged.txt", "flag")):
+            atomic_write_text(tmp / name, "".join(f"{r['path']}\n" for r in rows
+                                                  if r["decision"] == decision))
+        atomic_write_text(tmp / "summary.json", json.dumps(result["summary"], indent=2) + "\n")
 
 
 def main(args: list[str]) -> int:

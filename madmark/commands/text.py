@@ -56,9 +56,10 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from madcore.errors import MadmarkError
-from madcore.files import atomic_directory, atomic_write_text
+from madcore.files import atomic_write_text
 from madmark.data.tokenizer import BPETokenizer, TextTokenizer
-from madmark.folder_io import SKIPPED, UNREADABLE, check_output_folder, report_problems
+from madmark.folder_io import (SKIPPED, UNREADABLE, check_output_folder, output_folder,
+                               report_problems)
 from madmark.methods import secret_key
 from madmark.rundir import RunDir, rows_to_csv
 from madmark.text_io import EMPTY, SCORED, TextDoc, check_exists, read_text_inputs, write_split
@@ -375,21 +376,13 @@ def filter_main(source: Path, opts: dict, given: set[str], out: Optional[Path]) 
                **setup.record, "corpus_test": corpus,
                "documents": {"kept": "kept.jsonl" if single_jsonl else "kept/",
                              "flagged": "flagged.jsonl" if single_jsonl else "flagged/"}}
-    try:
-        with atomic_directory(out, empty_ok=True) as tmp:
-            atomic_write_text(tmp / "manifest.csv", _csv(rows, MANIFEST))
-            for name, want in (("kept.txt", "keep"), ("flagged.txt", "flag")):
-                atomic_write_text(tmp / name, "".join(f"{r['where']}\n" for r in rows
-                                                      if r["decision"] == want))
-            write_split(tmp, docs, [r["decision"] for r in rows], single_jsonl, _write)
-            atomic_write_text(tmp / "summary.json", json.dumps(summary, indent=2) + "\n")
-    except FileExistsError:
-        raise MadmarkError(f"output folder {out} already exists and is not empty (nothing is "
-                           "overwritten)", "pass out=<new folder>") from None
-    except OSError as e:
-        raise MadmarkError(f"cannot write output folder {out} ({type(e).__name__}: "
-                           f"{e.strerror or e}); nothing was left behind",
-                           "check the free space and permissions where it goes") from e
+    with output_folder(out) as tmp:
+        atomic_write_text(tmp / "manifest.csv", _csv(rows, MANIFEST))
+        for name, want in (("kept.txt", "keep"), ("flagged.txt", "flag")):
+            atomic_write_text(tmp / name, "".join(f"{r['where']}\n" for r in rows
+                                                  if r["decision"] == want))
+        write_split(tmp, docs, [r["decision"] for r in rows], single_jsonl, _write)
+        atomic_write_text(tmp / "summary.json", json.dumps(summary, indent=2) + "\n")
     report_problems(rows, "where", f"{out}/manifest.csv", (SKIPPED, UNREADABLE, EMPTY))
     listed = problems_listed(c, scan.not_read(), "untested")
     print(f"kept {summary['n_kept']}, flagged {summary['n_flagged']} of {c['n_scored']} scored "
