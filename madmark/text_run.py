@@ -41,7 +41,7 @@ from madcore.errors import MadmarkError
 from madcore.files import atomic_write_text
 from madmark.methods import secret_key
 from madmark.text_evaluation import TextMetrics
-from madmark.watermarking import SETTINGS_COLUMNS as IMAGE_SETTINGS, experiment_key
+from madmark.watermarking import SETTINGS_COLUMNS as IMAGE_SETTINGS, experiment_key, refuse_other_key
 from watermark.text import KGW, GumbelMax, TextWatermark
 
 #: watermark.method -> the text watermark class
@@ -127,13 +127,10 @@ class TextRunWatermark:
         }
 
     def check_same_key(self, recorded: dict) -> None:
-        before = recorded.get("wm_key_fingerprint")
-        if before is not None and str(before) != self.wm.key.fingerprint:
-            raise MadmarkError(
-                f"this run's generations were marked with key {before} but the key now given "
-                f"is {self.wm.key.fingerprint} (fingerprints)",
-                "resume with the key file the run started with (watermark.key_file), or start "
-                "a new run")
+        """Refuse a key other than the one the run's finished generations were marked with."""
+        refuse_other_key(recorded, self.wm.key.fingerprint,
+                         "resume with the key file the run started with (watermark.key_file), "
+                         "or start a new run")
 
 
 def _target_class(node: Optional[DictConfig]) -> Optional[type]:

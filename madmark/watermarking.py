@@ -92,6 +92,16 @@ def experiment_key(seed: int) -> SecretKey:
     return SecretKey(f"madmark/experiment-key/seed={int(seed)}")
 
 
+def refuse_other_key(recorded: dict, fingerprint: str, fix: str) -> None:
+    """Refuse (MadmarkError, with ``fix``) a key whose ``fingerprint`` is not the one a run's
+    finished generations were marked with: ``recorded`` is one of their rows
+    (``wm_key_fingerprint``; rows from before that column pass)."""
+    before = recorded.get("wm_key_fingerprint")
+    if before is not None and str(before) != fingerprint:
+        raise MadmarkError(f"this run's generations were marked with key {before} but the key "
+                           f"now given is {fingerprint} (fingerprints)", fix)
+
+
 class RunWatermark:
     """Methods, keys and calibrated detectors of one run.
 
@@ -153,11 +163,7 @@ class RunWatermark:
         """Refuse (MadmarkError, with ``fix``) a key other than the one a run's finished
         generations were marked with: ``recorded`` is one of their rows (``wm_key_fingerprint``;
         rows from before that column pass)."""
-        before = recorded.get("wm_key_fingerprint")
-        if before is not None and str(before) != self._key.fingerprint:
-            raise MadmarkError(
-                f"this run's generations were marked with key {before} but the key now given "
-                f"is {self._key.fingerprint} (fingerprints)", fix)
+        refuse_other_key(recorded, self._key.fingerprint, fix)
 
     # -- keys and methods --------------------------------------------------------------------
     def key_index(self, t: int) -> int:

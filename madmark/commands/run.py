@@ -280,19 +280,20 @@ def attach_watermark(cfg: DictConfig, engine: LoopEngine, run_wm: RunWatermark |
                                     alpha=alpha)
 
 
-def check_image_run(cfg: DictConfig, splits, settings: LoopSettings) -> None:
-    """Refuse eval sizes the k-NN metrics cannot use and CAS without labelled images, before
-    the engine is built."""
-    if cfg.eval.enabled:
+def check_eval_config(cfg: DictConfig, splits, settings: LoopSettings, text: bool) -> None:
+    """Refuse eval sizes the k-NN metrics cannot use (images, vectors, and text with
+    ``eval.text_features``) and CAS without labelled images, before the engine is built."""
+    if cfg.eval.enabled and (not text or bool(cfg.eval.get("text_features", True))):
         check_eval_sizes(cfg, len(splits.reference),
                          settings.n_synthetic if settings.n_synthetic > 0 else settings.n_real)
-    if bool(cfg.eval.get("cas", False)):          # absent from configs recorded before it
+    if not text and bool(cfg.eval.get("cas", False)):   # absent from configs recorded before it
         check_cas_data(splits, data_name(cfg))
 
 
 def attach_image_evaluation(cfg: DictConfig, engine: LoopEngine, splits,
-                            device: torch.device, finished: list[int]) -> None:
-    """The evaluators, watermark stage and filters of a run on images or vectors."""
+                            device: torch.device) -> Optional[RunWatermark]:
+    """The evaluators, watermark stage and filters of a run on images or vectors; returns the
+    run's watermark (None without)."""
     engine.evaluators.append(spread_evaluator(splits.reference))
     metrics = None
     if cfg.eval.enabled:
@@ -308,8 +309,6 @@ def attach_image_evaluation(cfg: DictConfig, engine: LoopEngine, splits,
     with dist.main_first():
         run_wm = build_run_watermark(cfg, splits.sample_shape, splits.reference, device)
     attach_watermark(cfg, engine, run_wm)
-    if run_wm is not None and finished:
-        run_wm.check_same_key(engine.checkpoints.load(finished[-1], map_location="cpu")["row"])
     if filter_method(cfg) == "classifier":          # the learned detector (no watermark needed)
         with dist.main_first():                      # a LeNet for probe features is cached once
             classifier = build_classifier_filter(cfg.filter, splits, data_name(cfg),
@@ -317,6 +316,7 @@ def attach_image_evaluation(cfg: DictConfig, engine: LoopEngine, splits,
         engine.filter = classifier.stage(int(cfg.filter.min_pool))
     if run_wm is not None:
         engine.evaluators.append(run_wm.artifact_evaluator(splits.train, splits.reference))
+    return run_wm
 
 
 def _run(cfg: DictConfig, run: RunDir, device: torch.device) -> list[dict]:
@@ -335,24 +335,20 @@ def _run(cfg: DictConfig, run: RunDir, device: torch.device) -> list[dict]:
         make_model = functools.partial(make_model, **check_text_model(
             cfg, int(source.tokenizer.vocab_size)))
     settings = loop_settings(cfg, len(splits.train))
-    if not text:
-        check_image_run(cfg, splits, settings)
-    elif cfg.eval.enabled and bool(cfg.eval.get("text_features", True)):
-        check_eval_sizes(cfg, len(splits.reference),
-                         settings.n_synthetic if settings.n_synthetic > 0 else settings.n_real)
+    check_eval_config(cfg, splits, settings, text)
     progress = GenerationProgress(settings.generations, enabled=bool(cfg.progress) and rank0)
     engine = LoopEngine(source=source, make_model=make_model,
                         family=LoopFamily(cfg.loop.family, cfg.loop.history), settings=settings,
                         checkpoints=run.checkpoints, device=device, progress=progress)
-    finished = run.checkpoints.finished()
     if text:
         with dist.main_first():
             run_wm = attach_text(cfg, engine, source, splits, run.path if rank0 else None,
                                  device, data_name(cfg))
-        if run_wm is not None and finished:
-            run_wm.check_same_key(run.checkpoints.load(finished[-1], map_location="cpu")["row"])
     else:
-        attach_image_evaluation(cfg, engine, splits, device, finished)
+        run_wm = attach_image_evaluation(cfg, engine, splits, device)
+    finished = run.checkpoints.finished()
+    if run_wm is not None and finished:        # the key the finished generations were marked with
+        run_wm.check_same_key(run.checkpoints.load(finished[-1], map_location="cpu")["row"])
 
     def save_grid(t: int, samples: torch.Tensor) -> None:     # before the checkpoint (engine)
         if rank0 and splits.kind == "image" and cfg.samples_grid > 0:
