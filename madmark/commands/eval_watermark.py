@@ -29,10 +29,12 @@ from omegaconf import DictConfig
 from madcore.figures import new_figure, save_png
 from madcore.files import atomic_write_text
 from madcore.errors import MadmarkError
+from madmark.commands.eval_watermark_text import check_text_settings, evaluate_text
 from madmark.hydra_app import run_hydra
 from madmark.methods import build_method, secret_key
 from madmark.regeneration import build_regenerators
 from madmark.rundir import RunDir, environment, rows_to_csv
+from madmark.text_run import TEXT_METHODS, data_is_text
 from watermark import (ATTACK_GRID, Detector, SecretKey, UnsupportedImageError, apply_attack, psnr,
                        ssim)
 
@@ -148,17 +150,29 @@ def evaluate(cfg: DictConfig) -> None:
     run = RunDir(HydraConfig.get().runtime.output_dir)
     names = method_names(cfg.method)
     key = secret_key("", cfg.key_file) if cfg.key_file else SecretKey.generate()
+    text = data_is_text(cfg)
+    if text:
+        check_text_settings(cfg, names)      # before the corpus is read
+    elif any(n in TEXT_METHODS for n in names):
+        raise MadmarkError(f"method={next(n for n in names if n in TEXT_METHODS)} marks text, "
+                           "but data is not text",
+                           "use data=shakespeare (or data=textfile data.path=...), or an image "
+                           "method such as method=spread_spectrum")
     torch.manual_seed(int(cfg.seed))
     splits = instantiate(cfg.data).load()
+    data_name = str(cfg.data.get("_target_", "data")).rsplit(".", 1)[-1]
+    if text:
+        run.write_config(cfg)                # holds key_file's path at most, never the key
+        run.write_env(environment(int(cfg.seed), torch.device("cpu")))
+        return evaluate_text(cfg, run, names, key, splits, data_name)
     if splits.kind != "image":
-        raise MadmarkError(f"eval-watermark needs images, data gives {splits.kind}s",
-                           "choose an image source, e.g. data=photos")
+        raise MadmarkError(f"eval-watermark needs images or text, data gives {splits.kind}s",
+                           "choose an image source, e.g. data=photos, or data=shakespeare")
     images = splits.reference[:int(cfg.n_images)]
     methods = [build_method(name, key, images.shape[-2], images.shape[-1], int(cfg.bits),
                             float(cfg.strength)) for name in names]
     run.write_config(cfg)                    # holds key_file's path at most, never the key
     run.write_env(environment(int(cfg.seed), torch.device("cpu")))
-    data_name = str(cfg.data.get("_target_", "data")).rsplit(".", 1)[-1]
     regenerators = build_regenerators(cfg.regeneration, splits, data_name, torch.device("cpu"))
     rows = []
     for name, method in zip(names, methods):

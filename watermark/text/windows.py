@@ -89,6 +89,26 @@ def chooser_context(context: torch.Tensor, width: int) -> torch.Tensor:
     return torch.cat([pad, body], dim=1)[:, -width:]
 
 
+def first_use_mask(context: torch.Tensor, width: int, vocab_size: int) -> torch.Tensor:
+    """(B,) bool: whether each row's current context (the last h tokens of a chooser's
+    ``context`` (B, T), BOS first) is used for the first time in this sampling call: it is the
+    context of no earlier position of any row, and no row above it has it at this step.
+
+    Stateless (the earlier contexts are read off ``context``), so one ``sample`` call is the
+    unit: a distortion-free scheme that spends each context's keyed randomness once per call
+    keeps the whole set of documents distributed as the model's over keys."""
+    b = context.shape[0]
+    padded = torch.cat([context.new_full((b, width), BOS), context[:, 1:]], dim=1)
+    keys = _row_keys(padded.unfold(1, width, 1).reshape(-1, width), vocab_size).view(b, -1)
+    current = keys[:, -1]
+    seen = torch.isin(current, keys[:, :-1].reshape(-1))
+    distinct, inverse = torch.unique(current, return_inverse=True)
+    rows = torch.arange(b, device=context.device)
+    first = torch.full((len(distinct),), b, dtype=torch.int64, device=context.device)
+    first = first.scatter_reduce(0, inverse, rows, reduce="amin")
+    return ~seen & (first[inverse] == rows)
+
+
 def _row_keys(rows: torch.Tensor, bound: int) -> torch.Tensor:
     """One int64 per row of (M, k) non-negative ids below ``bound``, equal iff the rows are equal:
     the ids packed in ``ceil(log2 bound)`` bits each when k of them fit in 63 bits, else the

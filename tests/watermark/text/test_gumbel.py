@@ -9,7 +9,10 @@ from omegaconf import OmegaConf
 from scipy.stats import chisquare, gamma
 
 from madmark.hydra_app import config_dir
+from loops.models.text_lm import MultinomialChooser
+from tests.watermark.text.bigram_lm import BigramLM
 from watermark.text.tails import gamma_logsf
+from watermark.text.windows import first_use_mask
 from watermark.text import KGW, GumbelMax, GumbelMaxConfig, KGWConfig
 from tests.watermark.text.conftest import KEY
 from tests.watermark.text.test_kgw import null_scores
@@ -56,7 +59,7 @@ def test_first_token_is_distributed_as_the_model_over_keys():
 
 
 def test_choice_is_argmax_of_log_r_over_p_on_the_allowed_set():
-    wm = GumbelMax(KEY, 50)
+    wm = GumbelMax(KEY, 50, GumbelMaxConfig(repeated_context="replay"))
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(300, 50, generator=g)
     logits[:, 0] = float("-inf")
@@ -69,6 +72,64 @@ def test_choice_is_argmax_of_log_r_over_p_on_the_allowed_set():
     p = torch.softmax(logits.double(), -1)
     assert torch.equal(x, (r ** (1 / p)).argmax(-1))                          # Aaronson's form
     assert torch.equal(wm.choose(logits, context, torch.Generator().manual_seed(5)), x)
+    # the default: the keyed choice only where the context is new, else the ancestral draw
+    # (the unmarked sampler's, from the same generator)
+    sampled = GumbelMax(KEY, 50).choose(logits, context, torch.Generator().manual_seed(5))
+    keyed = first_use_mask(context, 2, 50)
+    ancestral = MultinomialChooser().choose(logits, context, torch.Generator().manual_seed(5))
+    assert 0 < int(keyed.sum()) < 300
+    assert torch.equal(sampled[keyed], x[keyed])
+    assert torch.equal(sampled[~keyed], ancestral[~keyed])
+
+
+def test_first_use_mask_marks_each_context_once_per_call():
+    """h = 2, step 3 of a 3-row call (BOS = 0 first)."""
+    # current windows (5, 6), (7, 8), (7, 8): the second (7, 8) is the lower row's -> not new
+    context = torch.tensor([[0, 1, 5, 6], [0, 5, 7, 8], [0, 4, 7, 8]])
+    assert first_use_mask(context, 2, 10).tolist() == [True, True, False]
+    # row 0's (5, 6) was row 2's context at step 2 (it chose the 6 there) -> not new
+    context = torch.tensor([[0, 2, 5, 6], [0, 5, 7, 8], [0, 5, 6, 9]])
+    assert first_use_mask(context, 2, 10).tolist() == [False, True, True]
+    # at the first step every row has the all-BOS context: only row 0 uses it
+    assert first_use_mask(torch.zeros(4, 1, dtype=torch.long), 2, 10).tolist() == [
+        True, False, False, False]
+
+
+def test_a_set_of_documents_is_distributed_as_the_model_over_keys():
+    """400 keys, one call of 5 three-token documents each (V = 6): the 2,000 documents follow the
+    chain's exact law over the 125 possible ones (chi-square), as the documents of independent
+    unmarked calls do. Replaying repeated contexts instead makes every call's 5 documents one
+    text: each still has the model's law, but the counts come in fives (chi-square rejects) —
+    the plain scheme is distortion-free per document, not per set of documents."""
+    v, n, length = 6, 5, 3
+    chain = BigramLM(v, scale=1.5, seed=3, seq_len=length)
+    q = torch.softmax(chain.table.double(), -1)
+    law = (q[0][1:, None, None] * q[1:, 1:][:, :, None] * q[1:, 1:][None, :, :]).flatten()
+    digits = torch.tensor([(v - 1) ** 2, v - 1, 1])
+
+    def counts(make):
+        docs = torch.cat([chain.sample(n, generator=torch.Generator().manual_seed(k),
+                                       chooser=make(f"key-{k}")) for k in range(400)])
+        return np.bincount(((docs - 1) * digits).sum(1).numpy(), minlength=(v - 1) ** 3)
+
+    expected = law.numpy() * 400 * n
+    sampled = chisquare(counts(lambda k: GumbelMax(k, v)), expected).pvalue
+    replayed = chisquare(counts(lambda k: GumbelMax(k, v, GumbelMaxConfig(
+        repeated_context="replay"))), expected).pvalue
+    print(f"chi-square p over the 125 documents: sample {sampled:.3f}, replay {replayed:.2e}")
+    assert sampled > 1e-3 and replayed < 1e-6
+
+
+def test_documents_of_one_call_differ_unless_contexts_replay(lm):
+    for mode, distinct in (("sample", 64), ("replay", 1)):
+        wm = GumbelMax(KEY, lm.vocab_size, GumbelMaxConfig(repeated_context=mode))
+        x = lm.sample(64, generator=torch.Generator().manual_seed(0), chooser=wm)
+        assert len(torch.unique(x, dim=0)) == distinct, mode
+
+
+def test_unknown_repeated_context_setting_is_refused():
+    with pytest.raises(ValueError, match="repeated_context='again'"):
+        GumbelMaxConfig(repeated_context="again")
 
 
 def test_false_positive_rate_and_gamma_null(unmarked):
@@ -105,15 +166,16 @@ def test_marked_text_is_detected(lm):
 
 
 def test_repeated_contexts_replay_at_h1_not_at_h2(lm):
-    """EXP is deterministic per (key, context, p): on a bigram model, h = 1 turns 256-token
-    documents into cycles (few distinct windows survive de-duplication); h = 2 does not."""
+    """Replaying the keyed choice at a repeated context (the plain scheme) makes a bigram model's
+    256-token documents cycles at h = 1 (few distinct windows survive de-duplication), not at
+    h = 2; sampling at repeated contexts (the default) keeps them distinct even at h = 1."""
     kept = {}
-    for h in (1, 2):
-        wm = GumbelMax(KEY, lm.vocab_size, GumbelMaxConfig(context_width=h))
+    for h, mode in ((1, "replay"), (2, "replay"), (1, "sample")):
+        wm = GumbelMax(KEY, lm.vocab_size, GumbelMaxConfig(context_width=h, repeated_context=mode))
         x = lm.sample(8, generator=torch.Generator().manual_seed(9), chooser=wm, length=256)
-        kept[h] = wm.score(x).num_scored.double().mean().item() / 256
-    print(f"EXP distinct windows of 256-token documents: h=1 {kept[1]:.3f}, h=2 {kept[2]:.3f}")
-    assert kept[1] < 0.5 and kept[2] > 0.95
+        kept[h, mode] = wm.score(x).num_scored.double().mean().item() / 256
+    print(f"EXP distinct windows of 256-token documents: {kept}")
+    assert kept[1, "replay"] < 0.5 and kept[2, "replay"] > 0.95 and kept[1, "sample"] > 0.95
 
 
 def test_p_value_is_the_gamma_tail_in_log_space():
