@@ -2,6 +2,7 @@
 
     madmark eval-watermark method=rgb48                        # one method
     madmark eval-watermark "method=[rgb48,dwtdct]" bits=48     # methods side by side, same images
+    madmark eval-watermark data=shakespeare "method=[kgw,exp]" # text (eval_watermark_text.py)
 
 For every entry of ``watermark.ATTACK_GRID`` (and "none"), on ``n_images`` held-out real images
 (the data source's reference split), every method marks the same images with the same key: PSNR and
@@ -161,18 +162,16 @@ def evaluate(cfg: DictConfig) -> None:
     torch.manual_seed(int(cfg.seed))
     splits = instantiate(cfg.data).load()
     data_name = str(cfg.data.get("_target_", "data")).rsplit(".", 1)[-1]
-    if text:
-        run.write_config(cfg)                # holds key_file's path at most, never the key
-        run.write_env(environment(int(cfg.seed), torch.device("cpu")))
-        return evaluate_text(cfg, run, names, key, splits, data_name)
-    if splits.kind != "image":
+    if splits.kind not in ("image", "text"):
         raise MadmarkError(f"eval-watermark needs images or text, data gives {splits.kind}s",
                            "choose an image source, e.g. data=photos, or data=shakespeare")
+    run.write_config(cfg)                    # holds key_file's path at most, never the key
+    run.write_env(environment(int(cfg.seed), torch.device("cpu")))
+    if text:
+        return evaluate_text(cfg, run, names, key, splits, data_name)
     images = splits.reference[:int(cfg.n_images)]
     methods = [build_method(name, key, images.shape[-2], images.shape[-1], int(cfg.bits),
                             float(cfg.strength)) for name in names]
-    run.write_config(cfg)                    # holds key_file's path at most, never the key
-    run.write_env(environment(int(cfg.seed), torch.device("cpu")))
     regenerators = build_regenerators(cfg.regeneration, splits, data_name, torch.device("cpu"))
     rows = []
     for name, method in zip(names, methods):
