@@ -49,7 +49,7 @@ from ..keys import SecretKey
 from .base import TextWatermark, TextWatermarkConfig
 from .hashing import context_seeds, pair_hashes, to_unit, token_hashes
 from .tails import gamma_logsf
-from .windows import chooser_context, first_use_mask
+from .windows import ContextHistory, chooser_context
 
 
 #: what a context already used in one sampling call gets (GumbelMaxConfig.repeated_context)
@@ -85,6 +85,7 @@ class GumbelMax(TextWatermark):
     def __init__(self, key: SecretKey | str, vocab_size: int,
                  config: Optional[GumbelMaxConfig] = None):
         super().__init__(key, vocab_size, config or GumbelMaxConfig())
+        self._history = ContextHistory(self.context_width, self.vocab_size)
 
     def uniforms(self, context: torch.Tensor) -> torch.Tensor:
         """The keyed uniforms of contexts ``context`` (B, h) int64: (B, V) float64 in (0, 1)."""
@@ -104,7 +105,7 @@ class GumbelMax(TextWatermark):
             token = torch.empty(len(logits), dtype=torch.int64, device=logits.device)
         else:
             token = categorical(logits, generator)
-            keyed = first_use_mask(context, self.context_width, self.vocab_size)
+            keyed = self._history.first_use(context)
         if keyed.any():
             p = torch.softmax(logits[keyed].double(), dim=-1)
             # log r < 0: p = 0 gives -inf

@@ -94,19 +94,98 @@ def first_use_mask(context: torch.Tensor, width: int, vocab_size: int) -> torch.
     ``context`` (B, T), BOS first) is used for the first time in this sampling call: it is the
     context of no earlier position of any row, and no row above it has it at this step.
 
-    Stateless (the earlier contexts are read off ``context``), so one ``sample`` call is the
-    unit: a distortion-free scheme that spends each context's keyed randomness once per call
-    keeps the whole set of documents distributed as the model's over keys."""
+    A distortion-free scheme that spends each context's keyed randomness once per call keeps the
+    whole set of documents distributed as the model's over keys. Stateless: the earlier contexts
+    are read off ``context`` (O(B·T) per step); :class:`ContextHistory` gives the same mask step
+    by step in O(B)."""
+    return ContextHistory(width, vocab_size).first_use(context)
+
+
+class ContextHistory:
+    """The contexts one sampling call has used, kept between the steps of that call:
+    ``first_use(context)`` equals :func:`first_use_mask` and, when ``context`` extends the one of
+    the previous call by one token, costs O(B) (a table of every possible context when there are
+    at most 2^24 of them, else a sorted array); any other ``context`` (a new sampling call)
+    starts the history again from what that context holds."""
+
+    DENSE_LIMIT = 1 << 24
+
+    def __init__(self, width: int, vocab_size: int) -> None:
+        self.width, self.vocab_size = int(width), int(vocab_size)
+        self._base_v = self.vocab_size ** self.width < (1 << 62)    # exact base-V keys fit int64
+        self._dense = self.vocab_size ** self.width <= self.DENSE_LIMIT
+        self._last: Optional[torch.Tensor] = None
+        self._current: Optional[torch.Tensor] = None
+        self._seen: Optional[torch.Tensor] = None
+
+    def _keys(self, windows: torch.Tensor) -> torch.Tensor:
+        """(M, h) contexts -> (M,) int64, equal iff the contexts are (base V: the same in
+        every call, so they index the table)."""
+        key = torch.zeros(windows.shape[0], dtype=torch.int64, device=windows.device)
+        for j in range(windows.shape[1]):
+            key = key * self.vocab_size + windows[:, j]
+        return key
+
+    def _restart(self, context: torch.Tensor) -> None:
+        b = context.shape[0]
+        padded = torch.cat([context.new_full((b, self.width), BOS), context[:, 1:]], dim=1)
+        earlier = self._keys(padded.unfold(1, self.width, 1)[:, :-1].reshape(-1, self.width))
+        if self._dense:
+            self._seen = torch.zeros(self.vocab_size ** self.width, dtype=torch.bool,
+                                     device=context.device)
+            self._seen[earlier] = True
+        else:
+            self._seen = torch.unique(earlier)
+
+    def _add(self, keys: torch.Tensor) -> None:
+        if self._dense:
+            self._seen[keys] = True
+        else:
+            self._seen = torch.unique(torch.cat([self._seen, keys]))
+
+    def _contains(self, keys: torch.Tensor) -> torch.Tensor:
+        if self._dense:
+            return self._seen[keys]
+        if not len(self._seen):
+            return torch.zeros_like(keys, dtype=torch.bool)
+        at = torch.searchsorted(self._seen, keys).clamp(max=len(self._seen) - 1)
+        return self._seen[at] == keys
+
+    def first_use(self, context: torch.Tensor) -> torch.Tensor:
+        """(B,) bool for ``context`` (B, T) int64: see :func:`first_use_mask`."""
+        b = context.shape[0]
+        if not self._base_v:                       # too many contexts for int64 keys: stateless
+            return _first_use_slow(context, self.width, self.vocab_size)
+        last = self._last
+        continues = (last is not None and last.shape[0] == b and context.shape[1] == last.shape[1] + 1
+                     and last.device == context.device and torch.equal(context[:, :-1], last))
+        if continues:
+            self._add(self._current)
+        else:
+            self._restart(context)
+        current = self._keys(chooser_context(context, self.width))
+        seen = self._contains(current)
+        self._last, self._current = context.clone(), current
+        return ~seen & _first_in_batch(current)
+
+
+def _first_in_batch(keys: torch.Tensor) -> torch.Tensor:
+    """(B,) bool: whether no row above has the same key."""
+    distinct, inverse = torch.unique(keys, return_inverse=True)
+    rows = torch.arange(len(keys), device=keys.device)
+    first = torch.full((len(distinct),), len(keys), dtype=torch.int64, device=keys.device)
+    first = first.scatter_reduce(0, inverse, rows, reduce="amin")
+    return first[inverse] == rows
+
+
+def _first_use_slow(context: torch.Tensor, width: int, vocab_size: int) -> torch.Tensor:
+    """:func:`first_use_mask` for contexts too many for int64 keys (rows compared exactly)."""
     b = context.shape[0]
     padded = torch.cat([context.new_full((b, width), BOS), context[:, 1:]], dim=1)
     keys = _row_keys(padded.unfold(1, width, 1).reshape(-1, width), vocab_size).view(b, -1)
     current = keys[:, -1]
     seen = torch.isin(current, keys[:, :-1].reshape(-1))
-    distinct, inverse = torch.unique(current, return_inverse=True)
-    rows = torch.arange(b, device=context.device)
-    first = torch.full((len(distinct),), b, dtype=torch.int64, device=context.device)
-    first = first.scatter_reduce(0, inverse, rows, reduce="amin")
-    return ~seen & (first[inverse] == rows)
+    return ~seen & _first_in_batch(current)
 
 
 def _row_keys(rows: torch.Tensor, bound: int) -> torch.Tensor:

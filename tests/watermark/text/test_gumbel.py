@@ -95,6 +95,23 @@ def test_first_use_mask_marks_each_context_once_per_call():
         True, False, False, False]
 
 
+@pytest.mark.parametrize("width, vocab", [(2, 64), (3, 300)])             # table, sorted array
+def test_the_step_by_step_history_equals_the_stateless_mask(width, vocab):
+    """ContextHistory over the steps of a sampling call (and a second call after it) gives the
+    mask that compares every earlier window of the context row by row."""
+    from watermark.text.windows import ContextHistory, _first_use_slow
+
+    history = ContextHistory(width, vocab)
+    assert history._dense == (vocab ** width <= ContextHistory.DENSE_LIMIT)
+    g = torch.Generator().manual_seed(width)
+    for _ in range(2):                                                        # two calls
+        ctx = torch.zeros(40, 1, dtype=torch.long)
+        for _ in range(30):
+            assert torch.equal(history.first_use(ctx), _first_use_slow(ctx, width, vocab))
+            nxt = torch.randint(1, 6, (40, 1), generator=g)                  # few tokens: repeats
+            ctx = torch.cat([ctx, nxt], dim=1)
+
+
 def test_a_set_of_documents_is_distributed_as_the_model_over_keys():
     """400 keys, one call of 5 three-token documents each (V = 6): the 2,000 documents follow the
     chain's exact law over the 125 possible ones (chi-square), as the documents of independent
