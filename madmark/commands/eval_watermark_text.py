@@ -72,8 +72,7 @@ def fitted_model(cfg: DictConfig, splits: Splits, seed: int):
     model = instantiate(cfg.text.model, vocab_size=splits.vocab_size)
     if "text" not in getattr(model, "accepts", ()):
         raise MadmarkError(f"text.model {type(model).__name__} does not take text data",
-                           "set text.model to a text model (override with text.model.order=4, or "
-                           "compose model@text.model=gpt_tiny)")
+                           "choose a text model: model@text.model=ngram (or gpt, gpt_tiny)")
     train = splits.train
     n_fit = cfg.text.get("n_fit")
     if n_fit is not None and int(n_fit) < len(train):
