@@ -133,7 +133,7 @@ class TextRunWatermark:
                          "or start a new run")
 
 
-def _target_class(node: Optional[DictConfig]) -> Optional[type]:
+def target_class(node: Optional[DictConfig]) -> Optional[type]:
     """The class a config node's ``_target_`` names, or None (no node, not a class, a bad
     target: reported where the component is built)."""
     from hydra.utils import get_class
@@ -151,7 +151,7 @@ def data_is_text(cfg: DictConfig) -> bool:
     """Whether ``cfg.data`` builds a text source (from its ``_target_`` class; no data loaded)."""
     from madmark.data.text_source import TextSource
 
-    cls = _target_class(cfg.get("data"))
+    cls = target_class(cfg.get("data"))
     return cls is not None and issubclass(cls, TextSource)
 
 
@@ -169,7 +169,7 @@ def check_modalities(cfg: DictConfig, text: bool) -> None:
                                "use data=shakespeare (or data=textfile) with model=ngram, or an "
                                "image watermark such as watermark=spread_spectrum")
         return
-    model = _target_class(cfg.get("model"))
+    model = target_class(cfg.get("model"))
     if model is not None and "text" not in getattr(model, "accepts", ("text",)):
         raise MadmarkError(f"model {model.__name__} does not take text data",
                            "choose a model for text data (model=ngram or model=gpt)")

@@ -32,14 +32,14 @@ from madcore.files import atomic_write_text
 from madmark.data.base import Splits
 from madmark.rundir import RunDir, rows_to_csv
 from madmark.text_attack_grid import text_attack_rows
-from madmark.text_run import TEXT_METHODS
+from madmark.text_run import TEXT_METHODS, target_class
 from watermark import SecretKey
 from watermark.text import TextWatermark
 
 
 def check_text_settings(cfg: DictConfig, names: list[str]) -> None:
     """Refuse (one-line MadmarkError) what eval-watermark on text cannot do: an image method,
-    regeneration attacks, sizes below one document."""
+    regeneration attacks, a model that does not take text, sizes below one document."""
     images = [n for n in names if n not in TEXT_METHODS]
     if images:
         raise MadmarkError(f"method={images[0]} marks images, but data is text",
@@ -49,6 +49,11 @@ def check_text_settings(cfg: DictConfig, names: list[str]) -> None:
         raise MadmarkError("regeneration.attacks regenerate images; data is text",
                            "set regeneration.attacks=[] (the text grid has deletion, "
                            "substitution, truncation and copy-paste)")
+    cls = target_class(cfg.text.model)
+    if cls is None or "text" not in getattr(cls, "accepts", ()):
+        name = getattr(cls, "__name__", cfg.text.model.get("_target_"))
+        raise MadmarkError(f"text.model {name} does not take text data",
+                           "choose a text model: model@text.model=ngram (or gpt, gpt_tiny)")
     for field in ("n_docs", "n_fit"):
         value = cfg.text.get(field)
         if value is not None and int(value) < 1:
@@ -70,9 +75,6 @@ def build_text_method(name: str, cfg: DictConfig, key: SecretKey, vocab_size: in
 def fitted_model(cfg: DictConfig, splits: Splits, seed: int):
     """``cfg.text.model`` fitted on ``text.n_fit`` seeded random train windows (null: all)."""
     model = instantiate(cfg.text.model, vocab_size=splits.vocab_size)
-    if "text" not in getattr(model, "accepts", ()):
-        raise MadmarkError(f"text.model {type(model).__name__} does not take text data",
-                           "choose a text model: model@text.model=ngram (or gpt, gpt_tiny)")
     train = splits.train
     n_fit = cfg.text.get("n_fit")
     if n_fit is not None and int(n_fit) < len(train):

@@ -79,6 +79,7 @@ def test_method_settings_come_from_the_watermark_configs(cli, corpus, tmp_path):
     (("method=kgw", "text.n_docs=0"), ("text.n_docs=0",)),
     (("method=kgw", "text.n_docs=100000"), ("reference split holds",)),
     (("method=kgw", "text.kgw.text.gamma=1.5"), ("method=kgw", "text.kgw.text")),
+    (("method=kgw", "model@text.model=vae_tiny"), ("does not take text data", "model@text.model")),
 ])
 def test_bad_text_settings_get_one_line(cli, corpus, tmp_path, extra, words):
     code, _, err = cli(*text_args(corpus, tmp_path, *extra))
