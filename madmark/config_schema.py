@@ -242,11 +242,12 @@ def implied_types(baseline: DictConfig, skip: tuple[str, ...] = ()) -> dict[str,
 
 
 def check_config(cfg: DictConfig, implied: Optional[dict[str, tuple[Any, Any]]] = None,
-                 schema: type = RunSchema) -> None:
+                 schema: Optional[type] = RunSchema) -> None:
     """Raise MadmarkError for the first setting of ``cfg`` that is not of its declared type
-    (``schema``), then for the first that is not of its implied type (``implied``, from
+    (``schema``; None: none declared), then for the first that is not of its implied type (``implied``, from
     :func:`implied_types`). Keys absent from ``cfg`` (an older recorded config) are skipped."""
-    checks = [(key, tp, example, False) for key, tp, example in declared(schema)]
+    checks = [(key, tp, example, False) for key, tp, example in
+              (declared(schema) if schema is not None else ())]
     names = {key for key, _, _, _ in checks}
     checks += [(key, tp, example, True) for key, (tp, example) in (implied or {}).items()
                if key not in names]

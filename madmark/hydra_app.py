@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 import shutil
 import sys
 from contextlib import contextmanager
@@ -162,6 +163,19 @@ def check_declared_overrides(overrides: list[str]) -> None:
                 raise mismatch(key, value, *types[key])
 
 
+def check_implied_types(cfg: DictConfig, baseline: Callable[[], DictConfig]) -> None:
+    """Raise MadmarkError for the first setting of ``cfg`` whose type is not the one the config
+    files imply (:func:`madmark.config_schema.implied_types` of ``baseline()``, the config the
+    files give for the same group choices): ``n_images=abc`` where the file has a number."""
+    from madmark.config_schema import check_config, implied_types
+
+    try:
+        base = baseline()
+    except Exception:                # an override Hydra would reject anyway
+        return
+    check_config(cfg, implied_types(base), schema=None)
+
+
 def check_schema_types(config_name: str, overrides: list[str]) -> None:
     """Compose the config once, as Hydra will, and turn a ConfigStore schema's refusal of a value
     (``trainer.steps=abc`` against :class:`watermark.train.TrainerConfig`) into a MadmarkError
@@ -169,7 +183,7 @@ def check_schema_types(config_name: str, overrides: list[str]) -> None:
     bad override syntax) is left for Hydra to report."""
     from hydra import compose, initialize_config_dir
     from hydra.errors import ConfigCompositionException
-    from omegaconf.errors import ValidationError
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
 
     if config_name == "config":
         check_declared_overrides(overrides)
@@ -179,13 +193,22 @@ def check_schema_types(config_name: str, overrides: list[str]) -> None:
             return compose(config_name=config_name, overrides=args)
 
     try:
-        composed(overrides)
-        return
+        cfg = composed(overrides)
     except ConfigCompositionException as e:
         cause = e.__cause__
+        unknown = re.match(r"Could not override '([^']+)'", str(e))
+        if unknown and isinstance(cause, (ConfigKeyError, ConfigAttributeError)):
+            key = unknown.group(1)
+            raise MadmarkError(f"{key} is not a setting of this command",
+                               "check its spelling (--help lists the settings)") from None
         if not isinstance(cause, ValidationError) or not getattr(cause, "full_key", None):
             return
     except Exception:
+        return
+    else:
+        if config_name != "config":          # madmark run checks its own (check_run_config)
+            check_implied_types(cfg, lambda: composed([o for o in overrides
+                                                       if is_group_override(o)]))
         return
     key = cause.full_key
     typed = next((o.partition("=")[2] for o in reversed(overrides)      # the last one wins

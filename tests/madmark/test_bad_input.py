@@ -59,6 +59,29 @@ def test_a_value_of_the_wrong_type_is_one_line_and_creates_nothing(cli, tmp_path
     assert not (tmp_path / "outputs").exists()          # not even Hydra's .hydra/ and log
 
 
+@pytest.mark.parametrize("command, override, message", [
+    ("run", "loop.n_rael=5", "madmark: error: loop.n_rael is not a setting of this command — "
+                             "check its spelling (--help lists the settings)"),
+    ("eval-watermark", "n_imgs=4", "madmark: error: n_imgs is not a setting of this command — "
+                                   "check its spelling (--help lists the settings)"),
+    ("eval-watermark", "n_images=abc", "madmark: error: n_images='abc' is not a number — "
+                                       "set n_images=64"),
+    ("eval-watermark", "text.n_docs=many", "madmark: error: text.n_docs='many' is not a number — "
+                                           "set text.n_docs=500"),
+    ("train-watermark", "eval_images=all", "madmark: error: eval_images='all' is not a number — "
+                                           "set eval_images=512"),
+])
+def test_an_unknown_key_or_a_word_for_a_number_in_any_command_is_one_line(cli, tmp_path, command,
+                                                                          override, message):
+    """Every Hydra command: a misspelt key (Hydra's own error is six lines), and a value whose
+    type is not the one the command's config file implies (eval-watermark and train-watermark
+    have no declared schema: the file's number is the type)."""
+    args = (*FAST, override) if command == "run" else (override, f"out_dir={tmp_path / 'outputs'}")
+    code, _, err = cli(command, *args)
+    assert code == 2 and one_line(err) == message
+    assert not (tmp_path / "outputs").exists()
+
+
 def test_the_real_cli_exits_2_on_a_string_for_a_number(tmp_path):
     done = madmark_subprocess("run", *FAST, "loop.bias=abc", f"out_dir={tmp_path / 'out'}",
                               timeout=300, cwd=tmp_path)
