@@ -157,8 +157,9 @@ class ContextHistory:
         if not self._base_v:                       # too many contexts for int64 keys: stateless
             return _first_use_slow(context, self.width, self.vocab_size)
         last = self._last
-        continues = (last is not None and last.shape[0] == b and context.shape[1] == last.shape[1] + 1
-                     and last.device == context.device and torch.equal(context[:, :-1], last))
+        continues = (last is not None and last.shape[0] == b
+                     and context.shape[1] == last.shape[1] + 1 and last.device == context.device
+                     and torch.equal(context[:, :-1], last))
         if continues:
             self._add(self._current)
         else:
