@@ -163,6 +163,29 @@ def check_declared_overrides(overrides: list[str]) -> None:
                 raise mismatch(key, value, *types[key])
 
 
+def first_of_sweeps(overrides: list[str]) -> list[str]:
+    """``overrides`` with each choice or range sweep (``seed=0,1``, ``seed=range(3)``) cut to
+    its first value, so one composition checks the keys a sweep's jobs will have; interval and
+    glob sweeps are dropped (their keys are left to Hydra). Unparsable overrides: unchanged."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except Exception:
+        return overrides
+    out = []
+    for text, override in zip(overrides, parsed):
+        if not override.is_sweep_override():
+            out.append(text)
+            continue
+        try:
+            first = next(iter(override.sweep_string_iterator()))
+        except Exception:
+            continue
+        out.append(f"{override.get_key_element()}={first}")
+    return out
+
+
 def check_implied_types(cfg: DictConfig, baseline: Callable[[], DictConfig]) -> None:
     """Raise MadmarkError for the first setting of ``cfg`` whose type is not the one the config
     files imply (:func:`madmark.config_schema.implied_types` of ``baseline()``, the config the
@@ -187,6 +210,7 @@ def check_schema_types(config_name: str, overrides: list[str]) -> None:
 
     if config_name == "config":
         check_declared_overrides(overrides)
+    overrides = first_of_sweeps(overrides)      # a sweep's keys are checked on its first job
 
     def composed(args: list[str]) -> DictConfig:
         with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):

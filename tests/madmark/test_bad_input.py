@@ -82,6 +82,14 @@ def test_an_unknown_key_or_a_word_for_a_number_in_any_command_is_one_line(cli, t
     assert not (tmp_path / "outputs").exists()
 
 
+def test_a_misspelt_key_in_a_sweep_is_one_line_before_any_job(cli, tmp_path):
+    code, _, err = cli("run", "-m", *FAST, "loop.n_rael=5,6")
+    assert code == 2 and one_line(err) == ("madmark: error: loop.n_rael is not a setting of this "
+                                           "command — check its spelling (--help lists the "
+                                           "settings)")
+    assert not (tmp_path / "outputs").exists()
+
+
 def test_the_real_cli_exits_2_on_a_string_for_a_number(tmp_path):
     done = madmark_subprocess("run", *FAST, "loop.bias=abc", f"out_dir={tmp_path / 'out'}",
                               timeout=300, cwd=tmp_path)
