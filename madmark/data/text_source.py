@@ -30,7 +30,7 @@ from madcore.errors import MadmarkError
 from madmark.data.base import DataSource, Splits
 from madmark.data.splitting import subset_indices
 from madmark.data.text_corpus import read_shakespeare, read_textfile, read_wikitext2
-from madmark.data.tokenizer import TextTokenizer, load_or_train_tokenizer
+from madmark.data.tokenizer import TextTokenizer, encode_cached, load_or_train_tokenizer
 
 TOKENIZER_CACHE = "~/.cache/madmark/tokenizers"
 
@@ -114,8 +114,9 @@ class TextSource(DataSource):
                                                self.seed)
         tok, info = load_or_train_tokenizer(train_docs, self.tokenizer_kind, self.vocab_size,
                                             self.cache_dir)
-        train = windows(tok.encode(train_docs), self.seq_len)
-        reference = windows(tok.encode(ref_docs), self.seq_len)
+        entry = info["cache_path"]
+        train = windows(encode_cached(tok, train_docs, entry), self.seq_len)
+        reference = windows(encode_cached(tok, ref_docs, entry), self.seq_len)
         for split, x in (("train", train), ("reference", reference)):
             if len(x) == 0:
                 raise MadmarkError(f"the {split} documents of data '{self.name}' give no "

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from madcore.errors import MadmarkError
-from madcore.files import atomic_write_json, atomic_write_text
+from madcore.files import atomic_write_json, atomic_write_text, atomic_write_with
 
 #: bump when training or encoding changes, so old cache entries are not reused
 TOKENIZER_VERSION = "bytelevel-bpe-v1"
@@ -194,3 +194,33 @@ def load_or_train_tokenizer(texts: Sequence[str], kind: str = "bpe", vocab_size:
                                                 "train_time_s": seconds})
     return tok, {"kind": kind, "vocab_size": tok.vocab_size, "cached": False,
                  "train_time_s": seconds, "cache_path": None if entry is None else str(entry)}
+
+
+def encode_cached(tok: TextTokenizer, texts: Sequence[str],
+                  entry: Optional[Union[str, Path]]) -> list[np.ndarray]:
+    """``tok.encode(texts)``, kept in the tokenizer's cache entry (``entry``: the
+    ``cache_path`` of :func:`load_or_train_tokenizer`; None = no cache) as one
+    ``ids-<fingerprint of the texts>.npz`` (int32 ids and per-text lengths, loaded without
+    pickle). BPE-encoding Shakespeare's 5 MB takes ~4 s; reading it back, a few milliseconds.
+    An unreadable or inconsistent file is encoded again and rewritten."""
+    if entry is None or not texts:
+        return tok.encode(texts)
+    path = Path(entry) / f"ids-{corpus_fingerprint(texts)[:24]}.npz"
+    try:
+        with np.load(path, allow_pickle=False) as saved:
+            ids, lengths = saved["ids"], saved["lengths"]
+        if (len(lengths) == len(texts) and int(lengths.sum()) == len(ids)
+                and (ids >= 1).all() and (ids < tok.vocab_size).all()):
+            return [a.astype(np.int64) for a in np.split(ids, np.cumsum(lengths)[:-1])]
+    except Exception:            # missing, truncated, not an npz (EOFError, UnpicklingError, ...)
+        pass
+    out = tok.encode(texts)
+    lengths = np.array([len(a) for a in out], dtype=np.int64)
+    ids = np.concatenate(out).astype(np.int32)
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            np.savez(f, ids=ids, lengths=lengths)
+
+    atomic_write_with(path, write)
+    return out

@@ -8,6 +8,7 @@ import types
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from pydoc_data.topics import topics
@@ -20,7 +21,8 @@ from madmark.data.text_corpus import (SHAKESPEARE_SHA256, read_shakespeare, read
                                       read_wikitext2, sha256_file, shakespeare_path,
                                       wikitext_articles)
 from madmark.data.text_source import split_documents, windows
-from madmark.data.tokenizer import BOS_ID, TextTokenizer, load_or_train_tokenizer
+from madmark.data.tokenizer import (BOS_ID, TextTokenizer, encode_cached,
+                                    load_or_train_tokenizer)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -202,6 +204,27 @@ def test_a_corrupt_tokenizer_entry_is_retrained_with_a_warning(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert load_or_train_tokenizer(DOCS[:8], "bpe", 300, tmp_path)[1]["cached"]
+
+
+def test_encoded_ids_are_cached_beside_the_tokenizer_and_a_bad_file_is_encoded_again(tmp_path):
+    tok, info = load_or_train_tokenizer(DOCS, "bpe", 400, tmp_path)
+    entry = Path(info["cache_path"])
+    direct = tok.encode(DOCS)
+    first = encode_cached(tok, DOCS, entry)
+    (saved,) = entry.glob("ids-*.npz")
+    again = encode_cached(tok, DOCS, entry)                     # read back, not encoded
+    for a, b, c in zip(direct, first, again):
+        assert a.dtype == b.dtype == c.dtype == np.int64
+        assert np.array_equal(a, b) and np.array_equal(a, c)
+    assert len(again) == len(DOCS)
+    other = encode_cached(tok, DOCS[:3], entry)                  # other texts: another file
+    assert len(list(entry.glob("ids-*.npz"))) == 2 and len(other) == 3
+    for junk in (b"not an npz", b""):                            # unreadable: encoded again
+        saved.write_bytes(junk)
+        assert all(np.array_equal(a, b) for a, b in zip(direct, encode_cached(tok, DOCS, entry)))
+    np.savez(saved.open("wb"), ids=np.zeros(3, np.int32), lengths=np.array([3]))  # inconsistent
+    assert all(np.array_equal(a, b) for a, b in zip(direct, encode_cached(tok, DOCS, entry)))
+    assert encode_cached(tok, DOCS, None)[0].tolist() == direct[0].tolist()     # no cache
 
 
 @pytest.mark.parametrize("kind, size", [("wordpiece", 2048), ("bpe", 100), ("bpe", True)])
