@@ -20,6 +20,7 @@ from loops.models import DDPMModel
 from loops.models.ddpm import (ddim_step, ddim_timesteps, ddpm_train_step, guided_eps,
                                make_betas)
 from loops.models.unet import UNet
+from tests.loops.models.two_ranks import on_two_gloo_ranks
 
 TINY = dict(timesteps=50, beta_start=2e-3, beta_end=0.2, base_channels=8, channel_mult=(1, 2),
             num_res_blocks=1, attn_resolution=0, groups=8, batch_size=32, lr=3e-3,
@@ -306,22 +307,6 @@ def test_experiment_config_composes_and_builds_the_model(model):
     assert float(m.alphas_cumprod[-1]) < 0.01       # x_T ≈ N(0, I) in both
 
 
-def _two_rank_worker(rank: int, port: int, out: str) -> None:
-    import os
-
-    from madcore import dist
-    os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    dist.init("gloo")
-    try:
-        result = _fit_and_sample()
-        if dist.is_main():
-            torch.save(result, out)
-    finally:
-        dist.shutdown()
-
-
 def _fit_and_sample() -> dict:
     x, y = two_class_images(40)
     m = DDPMModel(**{**TINY, "train_steps": 5, "batch_size": 16, "sample_batch_size": 7,
@@ -333,15 +318,7 @@ def _fit_and_sample() -> dict:
 @pytest.mark.slow
 def test_two_gloo_ranks_fit_and_sample_like_one_process(tmp_path):
     """Global batches sharded over 2 DDP ranks give the single-process model and samples."""
-    import socket
-
-    import torch.multiprocessing as mp
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    out = str(tmp_path / "two.pt")
-    mp.spawn(_two_rank_worker, args=(port, out), nprocs=2)
-    two, one = torch.load(out, weights_only=True), _fit_and_sample()
+    two, one = on_two_gloo_ranks(_fit_and_sample, tmp_path), _fit_and_sample()
     for k, v in one["state"].items():
         torch.testing.assert_close(two["state"][k], v, atol=1e-5, rtol=1e-4)
     assert two["samples"].shape == (19, 1, 8, 8)

@@ -19,6 +19,7 @@ from loops.models import GPTModel
 from loops.models.gpt import lr_at
 from loops.models.text_lm import BOS, TextLM
 from tests.madmark.conftest import REPO
+from tests.loops.models.two_ranks import on_two_gloo_ranks
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -292,22 +293,6 @@ def test_configs_build_the_model(name):
         assert (m.n_layer, m.d_model) == (2, 64)
 
 
-def _two_rank_worker(rank: int, port: int, out: str) -> None:
-    import os
-
-    from madcore import dist
-    os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    dist.init("gloo")
-    try:
-        result = _fit()
-        if dist.is_main():
-            torch.save(result, out)
-    finally:
-        dist.shutdown()
-
-
 def _fit() -> dict:
     """5 steps of a global batch of 15 (8 + 7 on two ranks), SGD-like: no weight decay."""
     m = GPTModel(**{**SMALL, "steps": 5, "batch_size": 15, "weight_decay": 0.0})
@@ -319,15 +304,7 @@ def _fit() -> dict:
 def test_two_gloo_ranks_fit_like_one_process(tmp_path):
     """Global batches sharded over 2 DDP ranks give the single-process model (to AdamW's
     amplification of the float rounding of the 2-rank gradient sum) and the same losses."""
-    import socket
-
-    import torch.multiprocessing as mp
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    out = str(tmp_path / "two.pt")
-    mp.spawn(_two_rank_worker, args=(port, out), nprocs=2)
-    two, one = torch.load(out, weights_only=True), _fit()
+    two, one = on_two_gloo_ranks(_fit, tmp_path), _fit()
     for k, v in one["state"].items():
         torch.testing.assert_close(two["state"][k], v, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(two["losses"], one["losses"], atol=1e-5, rtol=1e-5)
