@@ -75,6 +75,18 @@ class RadioactivityOptions:
     out: str = ""
 
 
+_TRUE, _FALSE = ("true", "yes", "1", "on"), ("false", "no", "0", "off")
+
+
+def to_bool(value: str) -> bool:
+    """``true``/``false`` (also yes/no, 1/0, on/off; any case) as a bool; else ValueError.
+    ``bool("false")`` would be True."""
+    word = value.strip().lower()
+    if word in _TRUE or word in _FALSE:
+        return word in _TRUE
+    raise ValueError(value)
+
+
 def defaults(options: type) -> dict[str, Any]:
     """{key: default} of an options dataclass."""
     return {f.name: f.default for f in fields(options)}
@@ -99,8 +111,11 @@ def parse(args: list[str], positional: list[str], options: type,
                                f"use one of {', '.join(values)}")
         kind = types[key]
         try:
-            values[key] = kind(value)
+            values[key] = to_bool(value) if kind is bool else kind(value)
         except ValueError:
+            if kind is bool:
+                raise MadmarkError(f"{key}={value} is not true or false",
+                                   f"set {key}=true or {key}=false") from None
             raise MadmarkError(f"{key}={value} is not a valid {kind.__name__}",
                                f"set {key} to a {kind.__name__}") from None
     values.update(zip(positional, pos))

@@ -59,6 +59,13 @@ def test_embed_then_detect(photo_folder, tmp_path, capsys):
     assert main(["detect", str(out), f"key_file={other}", f"out={wrong_csv}"]) == 2
     err = capsys.readouterr().err
     assert "marked with key" in err and "other_key=true" in err and not wrong_csv.exists()
+    # other_key=false is false (bool("false") would be True); a word that is neither: one line
+    assert main(["detect", str(out), f"key_file={other}", f"out={wrong_csv}",
+                 "other_key=false"]) == 2
+    assert "marked with key" in capsys.readouterr().err and not wrong_csv.exists()
+    assert main(["detect", str(out), f"key_file={other}", "other_key=maybe"]) == 2
+    assert capsys.readouterr().err.strip() == ("madmark: error: other_key=maybe is not true or "
+                                               "false — set other_key=true or other_key=false")
     assert main(["detect", str(out), f"key_file={other}", f"out={wrong_csv}",
                  "other_key=true"]) == 0
     wrong = [r["flagged"] == "True" for r in csv.DictReader(open(wrong_csv))]
