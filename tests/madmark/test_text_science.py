@@ -1,6 +1,6 @@
 """The text loop's science on real Shakespeare (slow; needs `madmark fetch-corpus shakespeare`):
-collapse without fresh data, stability with it, the KGW detector's empirical false-positive rate
-on real held-out text, and radioactivity (Sander et al. 2024) of an n-gram LM trained on 10 %
+collapse without fresh data, stability with it, the KGW and EXP detectors' empirical
+false-positive rates on real held-out text, and radioactivity (Sander et al. 2024) of an n-gram LM trained on 10 %
 marked text against clean models."""
 import math
 
@@ -13,7 +13,7 @@ from madmark.data import Shakespeare
 from madmark.data.text_corpus import shakespeare_path
 from madmark.rundir import read_csv
 from tests.madmark.conftest import run_dirs
-from watermark.text import KGW
+from watermark.text import KGW, GumbelMax
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not shakespeare_path().is_file(),
@@ -54,18 +54,24 @@ def test_fully_synthetic_text_collapses_and_fresh_data_holds(cli, tmp_path):
     assert abs(float(t0["tail_mass"]) - float(p0["tail_mass"])) < 0.02
 
 
-def test_kgw_false_positive_rate_on_real_held_out_windows(shakespeare):
+@pytest.mark.parametrize("method", [KGW, GumbelMax], ids=["kgw", "exp"])
+def test_false_positive_rate_on_real_held_out_windows(shakespeare, method):
+    """10,556 real held-out 16-token documents under 12 keys: the flag rate averaged over keys is
+    at most α (plus three standard errors of that mean, from the spread across keys). Under one
+    key it is not α: real text repeats (context, token) windows across documents, and one key
+    fixes their pseudo-random values for all of them, so the per-key rates spread wider than
+    binomial (measured: KGW 0.30-1.62 %, EXP 0.72-1.24 %; binomial sd 0.10 %)."""
     source, splits = shakespeare
-    alpha = 0.01
+    alpha, keys = 0.01, 12
     windows = splits.reference.reshape(-1, 16)                      # 16-token documents
     assert len(windows) >= 10_000
-    flagged = []
-    for key in ("key-a", "key-b", "key-c"):
-        wm = KGW(key, source.tokenizer.vocab_size)
-        flagged.append(wm.score(windows).p_value <= alpha)
-    n = len(windows)
-    for f in flagged:           # one key: at most α plus three binomial standard deviations
-        assert int(f.sum()) <= alpha * n + 3 * math.sqrt(n * alpha * (1 - alpha)), int(f.sum())
+    rates = torch.tensor([float((method(f"key-{k}", source.tokenizer.vocab_size).score(windows)
+                                 .p_value <= alpha).double().mean()) for k in range(keys)],
+                         dtype=torch.float64)
+    binomial_sd = math.sqrt(alpha * (1 - alpha) / len(windows))
+    print(f"{method.name} flag rate per key (%): {[round(100 * float(r), 2) for r in rates]}; "
+          f"sd across keys {float(rates.std()):.4f}, binomial {binomial_sd:.4f}")
+    assert float(rates.mean()) <= alpha + 3 * float(rates.std()) / math.sqrt(keys)
 
 
 def test_a_model_trained_on_ten_percent_marked_text_is_radioactive(shakespeare):
