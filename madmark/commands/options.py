@@ -56,7 +56,8 @@ class DetectOptions:
 
 @dataclass
 class FilterOptions(DetectOptions):
-    """``madmark filter``: detect's options and a folder of known-clean images to calibrate on."""
+    """``madmark filter``: detect's options and known-clean images or text documents to
+    calibrate the flag on."""
     calibrate: str = ""
 
 

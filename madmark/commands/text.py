@@ -39,6 +39,12 @@ empty, else refused), under a temporary name renamed when complete:
     summary.json    counts, settings and where each came from, the tokenizer (sha256), the corpus
                     test, the key's fingerprint (never the key)
 
+``calibrate=<clean documents>`` (a folder, .txt or .jsonl of text known not to carry this key's
+mark, e.g. your own human text): the flag becomes a conformal test against them, each document's
+``p_calibrated`` = (1 + #{clean p ≤ its p}) / (n + 1) ≤ α, which holds α for text like the clean
+set whatever one key does to a language's repeated windows (:func:`calibrate_flags`); it needs
+n ≥ (1 − α) / α scored clean documents (99 at α = 0.01).
+
 Empty, unreadable and skipped documents go in neither list (nothing certifies them clean), each
 with its reason in the CSV and on stderr. Inputs are only read, never changed.
 """
@@ -69,11 +75,11 @@ from watermark.text import TEXT_WATERMARKS, TextWatermark
 
 COLUMNS = ["path", "line", "status", "reason", "num_tokens", "num_scored", "score", "z",
            "p_value", "log10_p", "flagged", "notes"]
-MANIFEST = [*COLUMNS, "decision"]
+MANIFEST = [*COLUMNS, "p_calibrated", "decision"]
 #: options that only text inputs take, and those only images take
 TEXT_OPTIONS = ("tokenizer", "run", "text_field", "dedup", "gamma", "delta", "context_width",
                 "green_list", "test")
-IMAGE_OPTIONS = ("bits", "strength", "calibrate")
+IMAGE_OPTIONS = ("bits", "strength")
 #: the per-document de-duplication modes (``corpus`` is the corpus test's, always run)
 DOC_DEDUP = ("document", "none")
 TOKENIZER_FIX = "pass tokenizer=<the tokenizer.json of the run that generated the text> or " \
@@ -266,7 +272,7 @@ def score_documents(docs: list[TextDoc], setup: TextSetup, dedup: str,
                            score=_fmt(float(res.score[j]), 10), z=f"{float(res.z[j]):.4f}",
                            p_value=_fmt(float(res.p_value[j])),
                            log10_p=f"{float(res.log_p[j]) / _LN10:.4f}",
-                           flagged=bool(res.flagged[j]))
+                           flagged=bool(res.flagged[j]), _log_p=float(res.log_p[j]))
     scored = [seqs[i] for i in sorted(seqs)]
     corpus: dict[str, Any] = {"n_documents": len(scored), "dedup": "corpus", "alpha": wm.alpha}
     if scored:
@@ -354,6 +360,39 @@ def decision(row: dict) -> str:
             UNREADABLE: "unreadable", SKIPPED: "untested"}[row["status"]]
 
 
+def calibrate_flags(rows: list[dict], clean_dir: str, setup: TextSetup, opts: dict) -> dict:
+    """Re-flag the scored ``rows`` against known-clean documents (``calibrate=<folder or
+    .jsonl>``): each document's conformal p-value ``(1 + #{clean p ≤ p}) / (n + 1)`` over the n
+    scored clean documents, flagged when it is ≤ α. For clean documents exchangeable with the
+    calibration set the false-positive rate is then at most α whatever the key does to this
+    language's windows (one key does not hold α on real text: docs/findings.md). Returns the
+    calibration's record for summary.json."""
+    import bisect
+
+    source = Path(clean_dir).expanduser()
+    check_exists(source)
+    docs, scan = read_text_inputs(source, opts["text_field"])
+    clean, _ = score_documents(docs, setup, opts["dedup"], opts["batch_size"])
+    logp = sorted(r["_log_p"] for r in clean if r["status"] == SCORED)
+    alpha, n = setup.watermark.alpha, len(logp)
+    need = math.ceil((1 - alpha) / alpha)            # floor(α (n + 1)) >= 1
+    if n < need:
+        raise MadmarkError(f"calibrate={clean_dir} has {n} scored documents; at alpha={alpha} "
+                           f"the calibration needs at least {need}",
+                           "add clean documents to the calibration folder, or raise alpha")
+    for row in rows:
+        if row["status"] == SCORED:
+            rank = bisect.bisect_right(logp, row["_log_p"])      # clean p <= this p
+            p_cal = (1 + rank) / (n + 1)
+            row.update(p_calibrated=_fmt(p_cal), flagged=p_cal <= alpha)
+    analytic = sum(lp <= math.log(alpha) for lp in logp)
+    return {"input": str(source.resolve()), "n_documents": len(clean), "n_scored": n,
+            "n_not_scored": len(clean) - n, "n_hidden_not_read": scan.hidden,
+            "clean_flag_rate_uncalibrated": analytic / n,
+            "rule": "conformal: p_calibrated = (1 + #{clean p <= p}) / (n + 1), flagged when "
+                    "p_calibrated <= alpha"}
+
+
 def filter_main(source: Path, opts: dict, given: set[str], out: Optional[Path]) -> int:
     """``madmark filter`` on text; MadmarkErrors are the caller's to report."""
     out = out or Path(f"filter_{source.resolve().name}")
@@ -362,6 +401,8 @@ def filter_main(source: Path, opts: dict, given: set[str], out: Optional[Path]) 
     setup = text_setup(source, opts, given)
     docs, scan = read_text_inputs(source, opts["text_field"])
     rows, corpus = score_documents(docs, setup, opts["dedup"], opts["batch_size"])
+    calibration = calibrate_flags(rows, opts["calibrate"], setup, opts) if opts.get(
+        "calibrate") else None
     for row in rows:
         row["decision"] = decision(row)
     single_jsonl = not source.is_dir() and source.suffix.lower() == ".jsonl"
@@ -373,7 +414,7 @@ def filter_main(source: Path, opts: dict, given: set[str], out: Optional[Path]) 
                "n_flagged": c["n_flagged"], "n_empty": c["n_empty"],
                "n_unreadable": c["n_unreadable"], "n_untested": c["n_skipped"],
                "n_hidden_not_read": scan.hidden, "alpha": setup.watermark.alpha,
-               **setup.record, "corpus_test": corpus,
+               **setup.record, "corpus_test": corpus, "calibration": calibration,
                "documents": {"kept": "kept.jsonl" if single_jsonl else "kept/",
                              "flagged": "flagged.jsonl" if single_jsonl else "flagged/"}}
     with output_folder(out) as tmp:
@@ -385,8 +426,9 @@ def filter_main(source: Path, opts: dict, given: set[str], out: Optional[Path]) 
         atomic_write_text(tmp / "summary.json", json.dumps(summary, indent=2) + "\n")
     report_problems(rows, "where", f"{out}/manifest.csv", (SKIPPED, UNREADABLE, EMPTY))
     listed = problems_listed(c, scan.not_read(), "untested")
+    cal = f", calibrated on {calibration['n_scored']} clean documents" if calibration else ""
     print(f"kept {summary['n_kept']}, flagged {summary['n_flagged']} of {c['n_scored']} scored "
-          f"documents (alpha={setup.watermark.alpha}"
+          f"documents (alpha={setup.watermark.alpha}{cal}"
           f"{'; ' + listed + ', see manifest.csv' if listed else ''}); wrote {out}")
     print(corpus_line(corpus))
     return 0

@@ -191,6 +191,42 @@ def test_filter_splits_text_and_never_overwrites(corpus, tmp_path, capsys):
     assert "not empty" in err and snapshot(out) == written
 
 
+def test_filter_calibrated_on_clean_text_uses_conformal_p_values(corpus, tmp_path, capsys):
+    """calibrate=<clean documents>: each scored document's p_calibrated is (1 + the clean
+    documents with p at most its p) / (n + 1), and it is flagged when that is at most alpha."""
+    from pydoc_data.topics import topics
+
+    clean = tmp_path / "clean_text"
+    clean.mkdir()
+    texts = [topics[k] for k in sorted(topics)][:40]
+    for i, t in enumerate(texts):
+        (clean / f"h{i:02d}.txt").write_text(t, encoding="utf-8")
+    out = tmp_path / "calibrated"
+    base = ["filter", str(corpus["docs"]), f"tokenizer={corpus['tokenizer']}",
+            f"key_file={corpus['key_file']}", "alpha=0.05"]
+    assert main([*base, f"out={out}", f"calibrate={clean}"]) == 0, capsys.readouterr().err
+    assert "calibrated on 40 clean documents" in capsys.readouterr().out
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["calibration"]["n_scored"] == 40
+    detected = tmp_path / "clean.csv"
+    assert main(["detect", str(clean), f"tokenizer={corpus['tokenizer']}",
+                 f"key_file={corpus['key_file']}", f"out={detected}"]) == 0
+    clean_p = [float(r["p_value"]) for r in rows_of(detected)]
+    for row in rows_of(out / "manifest.csv"):
+        p = float(row["p_value"])
+        expected = (1 + sum(q <= p for q in clean_p)) / 41
+        assert float(row["p_calibrated"]) == pytest.approx(expected, rel=1e-5)
+        assert (row["decision"] == "flag") == (expected <= 0.05)
+    flagged = (out / "flagged.txt").read_text().splitlines()
+    assert sum(p.startswith("marked/") for p in flagged) >= 0.9 * N_DOCS
+    # too few clean documents for alpha: one line, nothing written
+    capsys.readouterr()
+    assert main([*base, f"out={tmp_path / 'few'}", "alpha=0.01", f"calibrate={clean}"]) == 2
+    err = capsys.readouterr().err
+    one_line_error(err)
+    assert "needs at least 99" in err and not (tmp_path / "few").exists()
+
+
 def test_filter_a_jsonl_keeps_its_lines_byte_for_byte(corpus, tmp_path, capsys):
     jsonl = tmp_path / "in.jsonl"
     lines = corpus["jsonl"].read_bytes().split(b"\n")[:-1]
