@@ -96,9 +96,12 @@ def first_use_mask(context: torch.Tensor, width: int, vocab_size: int) -> torch.
 
     A distortion-free scheme that spends each context's keyed randomness once per call keeps the
     whole set of documents distributed as the model's over keys. Stateless: the earlier contexts
-    are read off ``context`` (O(B·T) per step); :class:`ContextHistory` gives the same mask step
-    by step in O(B)."""
-    return ContextHistory(width, vocab_size).first_use(context)
+    are read off ``context`` (O(B·T) per step, rows compared exactly); :class:`ContextHistory`
+    gives the same mask step by step in O(B)."""
+    earlier = contexts(context[:, 1:], width).reshape(-1, width)
+    keys = _row_keys(torch.cat([earlier, chooser_context(context, width)]), vocab_size)
+    current = keys[len(earlier):]
+    return ~torch.isin(current, keys[:len(earlier)]) & _first_in_batch(current)
 
 
 class ContextHistory:
@@ -127,9 +130,7 @@ class ContextHistory:
         return key
 
     def _restart(self, context: torch.Tensor) -> None:
-        b = context.shape[0]
-        padded = torch.cat([context.new_full((b, self.width), BOS), context[:, 1:]], dim=1)
-        earlier = self._keys(padded.unfold(1, self.width, 1)[:, :-1].reshape(-1, self.width))
+        earlier = self._keys(contexts(context[:, 1:], self.width).reshape(-1, self.width))
         if self._dense:
             self._seen = torch.zeros(self.vocab_size ** self.width, dtype=torch.bool,
                                      device=context.device)
@@ -155,7 +156,7 @@ class ContextHistory:
         """(B,) bool for ``context`` (B, T) int64: see :func:`first_use_mask`."""
         b = context.shape[0]
         if not self._base_v:                       # too many contexts for int64 keys: stateless
-            return _first_use_slow(context, self.width, self.vocab_size)
+            return first_use_mask(context, self.width, self.vocab_size)
         last = self._last
         continues = (last is not None and last.shape[0] == b
                      and context.shape[1] == last.shape[1] + 1 and last.device == context.device
@@ -177,16 +178,6 @@ def _first_in_batch(keys: torch.Tensor) -> torch.Tensor:
     first = torch.full((len(distinct),), len(keys), dtype=torch.int64, device=keys.device)
     first = first.scatter_reduce(0, inverse, rows, reduce="amin")
     return first[inverse] == rows
-
-
-def _first_use_slow(context: torch.Tensor, width: int, vocab_size: int) -> torch.Tensor:
-    """:func:`first_use_mask` for contexts too many for int64 keys (rows compared exactly)."""
-    b = context.shape[0]
-    padded = torch.cat([context.new_full((b, width), BOS), context[:, 1:]], dim=1)
-    keys = _row_keys(padded.unfold(1, width, 1).reshape(-1, width), vocab_size).view(b, -1)
-    current = keys[:, -1]
-    seen = torch.isin(current, keys[:, :-1].reshape(-1))
-    return ~seen & _first_in_batch(current)
 
 
 def _row_keys(rows: torch.Tensor, bound: int) -> torch.Tensor:

@@ -99,7 +99,7 @@ def test_first_use_mask_marks_each_context_once_per_call():
 def test_the_step_by_step_history_equals_the_stateless_mask(width, vocab):
     """ContextHistory over the steps of a sampling call (and a second call after it) gives the
     mask that compares every earlier window of the context row by row."""
-    from watermark.text.windows import ContextHistory, _first_use_slow
+    from watermark.text.windows import ContextHistory
 
     history = ContextHistory(width, vocab)
     assert history._dense == (vocab ** width <= ContextHistory.DENSE_LIMIT)
@@ -107,7 +107,7 @@ def test_the_step_by_step_history_equals_the_stateless_mask(width, vocab):
     for _ in range(2):                                                        # two calls
         ctx = torch.zeros(40, 1, dtype=torch.long)
         for _ in range(30):
-            assert torch.equal(history.first_use(ctx), _first_use_slow(ctx, width, vocab))
+            assert torch.equal(history.first_use(ctx), first_use_mask(ctx, width, vocab))
             nxt = torch.randint(1, 6, (40, 1), generator=g)                  # few tokens: repeats
             ctx = torch.cat([ctx, nxt], dim=1)
 
