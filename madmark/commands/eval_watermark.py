@@ -30,7 +30,6 @@ from omegaconf import DictConfig
 from madcore.figures import new_figure, save_png
 from madcore.files import atomic_write_text
 from madcore.errors import MadmarkError
-from madmark.commands.eval_watermark_text import check_text_settings, evaluate_text
 from madmark.hydra_app import run_hydra
 from madmark.methods import build_method, secret_key
 from madmark.regeneration import build_regenerators
@@ -152,7 +151,9 @@ def evaluate(cfg: DictConfig) -> None:
     names = method_names(cfg.method)
     key = secret_key("", cfg.key_file) if cfg.key_file else SecretKey.generate()
     text = data_is_text(cfg)
-    if text:
+    if text:                                 # the text grid imports this module's helpers
+        from madmark.commands.eval_watermark_text import check_text_settings, evaluate_text
+
         check_text_settings(cfg, names)      # before the corpus is read
     elif any(n in TEXT_METHODS for n in names):
         raise MadmarkError(f"method={next(n for n in names if n in TEXT_METHODS)} marks text, "

@@ -29,6 +29,7 @@ from omegaconf import DictConfig
 from madcore.errors import MadmarkError
 from madcore.figures import new_figure, save_png
 from madcore.files import atomic_write_text
+from madmark.commands.eval_watermark import attack_label, by_method
 from madmark.data.base import Splits
 from madmark.rundir import RunDir, rows_to_csv
 from madmark.text_attack_grid import text_attack_rows
@@ -92,9 +93,7 @@ def perplexity(model, docs: torch.Tensor) -> float:
 def comparison_markdown(rows: list[dict], data_name: str) -> str:
     """One line per attack, "detection rate / median z" per method; the header gives each
     method's perplexity cost and its flag rate on the human documents."""
-    groups: dict[str, list[dict]] = {}
-    for r in rows:
-        groups.setdefault(r["method"], []).append(r)
+    groups = by_method(rows)
     first = next(iter(groups.values()))
     header = [f"{n} (ppl {g[0]['ppl_marked']:.1f} vs {g[0]['ppl_unmarked']:.1f} unmarked; human "
               f"flagged {g[0]['human_flag_rate']:.3f})" for n, g in groups.items()]
@@ -104,18 +103,16 @@ def comparison_markdown(rows: list[dict], data_name: str) -> str:
              "documents.", "", "| attack | tokens kept | " + " | ".join(header) + " |",
              "| --- | --- |" + " --- |" * len(groups)]
     for i, r in enumerate(first):
-        label = f"{r['attack']} {r['strength']}".strip()
         cells = [f"{g[i]['detect_rate']:.3f} / {g[i]['median_z']:.2f}" for g in groups.values()]
-        lines.append(f"| {label} | {r['mean_tokens']:.1f} | " + " | ".join(cells) + " |")
+        lines.append(f"| {attack_label(r)} | {r['mean_tokens']:.1f} | " + " | ".join(cells)
+                     + " |")
     return "\n".join(lines) + "\n"
 
 
 def plot_detect_rate(rows: list[dict], path) -> None:
     """Grouped bars: detection rate per attack, one colour per method; the dashed line is α."""
-    groups: dict[str, list[dict]] = {}
-    for r in rows:
-        groups.setdefault(r["method"], []).append(r)
-    labels = [f"{r['attack']} {r['strength']}".strip() for r in next(iter(groups.values()))]
+    groups = by_method(rows)
+    labels = [attack_label(r) for r in next(iter(groups.values()))]
     width = 0.8 / len(groups)
     fig, ax = new_figure(figsize=(max(7, 0.45 * len(labels)), 4.2))
     for j, (name, group) in enumerate(groups.items()):
@@ -133,9 +130,8 @@ def plot_detect_rate(rows: list[dict], path) -> None:
 
 def evaluate_text(cfg: DictConfig, run: RunDir, names: list[str], key: SecretKey,
                   splits: Splits, data_name: str) -> None:
-    """The text branch of ``madmark eval-watermark`` (module docstring); config and env.json
-    are already written."""
-    check_text_settings(cfg, names)
+    """The text branch of ``madmark eval-watermark`` (module docstring); the caller has run
+    :func:`check_text_settings` (before reading the corpus) and written config and env.json."""
     seed, alpha = int(cfg.seed), float(cfg.alpha)
     n_docs, bias = int(cfg.text.n_docs), float(cfg.text.bias)
     human = splits.reference[:n_docs]
