@@ -249,9 +249,10 @@ def _fmt(value: float, digits: int = 6) -> str:
     return f"{value:.{digits}g}"
 
 
-def score_documents(docs: list[TextDoc], setup: TextSetup, dedup: str,
-                    batch_size: int) -> tuple[list[dict], dict]:
-    """One row per document (:data:`COLUMNS`) and the corpus test over the scored ones."""
+def score_documents(docs: list[TextDoc], setup: TextSetup, dedup: str, batch_size: int,
+                    corpus_test: bool = True) -> tuple[list[dict], dict]:
+    """One row per document (:data:`COLUMNS`) and the corpus test over the scored ones (not run
+    with ``corpus_test=False``: the record then holds the counts only)."""
     rows = [{**d.row(), "where": d.where} for d in docs]
     todo = [i for i, d in enumerate(docs) if d.text is not None]
     encoded = setup.tokenizer.encode([docs[i].text for i in todo])
@@ -275,7 +276,7 @@ def score_documents(docs: list[TextDoc], setup: TextSetup, dedup: str,
                            flagged=bool(res.flagged[j]), _log_p=float(res.log_p[j]))
     scored = [seqs[i] for i in sorted(seqs)]
     corpus: dict[str, Any] = {"n_documents": len(scored), "dedup": "corpus", "alpha": wm.alpha}
-    if scored:
+    if scored and corpus_test:
         pooled = wm.pooled(wm.score(scored, dedup="corpus"))
         corpus.update(num_scored=int(pooled.num_scored[0]), score=float(pooled.score[0]),
                       z=float(pooled.z[0]), p_value=float(pooled.p_value[0]),
@@ -370,9 +371,8 @@ def calibrate_flags(rows: list[dict], clean_dir: str, setup: TextSetup, opts: di
     import bisect
 
     source = Path(clean_dir).expanduser()
-    check_exists(source)
     docs, scan = read_text_inputs(source, opts["text_field"])
-    clean, _ = score_documents(docs, setup, opts["dedup"], opts["batch_size"])
+    clean, _ = score_documents(docs, setup, opts["dedup"], opts["batch_size"], corpus_test=False)
     logp = sorted(r["_log_p"] for r in clean if r["status"] == SCORED)
     alpha, n = setup.watermark.alpha, len(logp)
     need = math.ceil((1 - alpha) / alpha)            # floor(α (n + 1)) >= 1
