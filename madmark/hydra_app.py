@@ -186,19 +186,6 @@ def first_of_sweeps(overrides: list[str]) -> list[str]:
     return out
 
 
-def check_implied_types(cfg: DictConfig, baseline: Callable[[], DictConfig]) -> None:
-    """Raise MadmarkError for the first setting of ``cfg`` whose type is not the one the config
-    files imply (:func:`madmark.config_schema.implied_types` of ``baseline()``, the config the
-    files give for the same group choices): ``n_images=abc`` where the file has a number."""
-    from madmark.config_schema import check_config, implied_types
-
-    try:
-        base = baseline()
-    except Exception:                # an override Hydra would reject anyway
-        return
-    check_config(cfg, implied_types(base), schema=None)
-
-
 def check_schema_types(config_name: str, overrides: list[str]) -> None:
     """Compose the config once, as Hydra will, and turn a ConfigStore schema's refusal of a value
     (``trainer.steps=abc`` against :class:`watermark.train.TrainerConfig`) into a MadmarkError
@@ -207,6 +194,8 @@ def check_schema_types(config_name: str, overrides: list[str]) -> None:
     from hydra import compose, initialize_config_dir
     from hydra.errors import ConfigCompositionException
     from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
+
+    from madmark.config_schema import check_config, implied_types
 
     if config_name == "config":
         check_declared_overrides(overrides)
@@ -231,8 +220,13 @@ def check_schema_types(config_name: str, overrides: list[str]) -> None:
         return
     else:
         if config_name != "config":          # madmark run checks its own (check_run_config)
-            check_implied_types(cfg, lambda: composed([o for o in overrides
-                                                       if is_group_override(o)]))
+            # the types the files imply for these group choices: ``n_images=abc`` where the
+            # file has a number (no schema is declared for these commands)
+            try:
+                baseline = composed([o for o in overrides if is_group_override(o)])
+            except Exception:                # an override Hydra would reject anyway
+                return
+            check_config(cfg, implied_types(baseline), schema=None)
         return
     key = cause.full_key
     typed = next((o.partition("=")[2] for o in reversed(overrides)      # the last one wins
