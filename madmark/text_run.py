@@ -42,10 +42,10 @@ from madcore.files import atomic_write_text
 from madmark.methods import secret_key
 from madmark.text_evaluation import TextMetrics
 from madmark.watermarking import SETTINGS_COLUMNS as IMAGE_SETTINGS, experiment_key, refuse_other_key
-from watermark.text import KGW, GumbelMax, TextWatermark
+from watermark.text import TEXT_WATERMARKS, TextWatermark
 
-#: watermark.method -> the text watermark class
-TEXT_METHODS = {"kgw": KGW, "exp": GumbelMax}
+#: watermark.method -> the text watermark class (watermark.text.TEXT_WATERMARKS' classes)
+TEXT_METHODS = {name: cls for name, (cls, _) in TEXT_WATERMARKS.items()}
 
 _COLUMN = {c.name: c for c in (*IMAGE_SETTINGS, *eval.artifacts.COLUMNS)}
 _TESTED = _COLUMN["inherit_detect_rate"].computed_on

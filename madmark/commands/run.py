@@ -18,7 +18,6 @@ directory (:func:`discard_new_output`); a resumed one is checked and repaired fi
 from __future__ import annotations
 
 import functools
-
 import os
 import pickle
 import time
