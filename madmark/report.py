@@ -48,8 +48,8 @@ SETTINGS = declared(("features", "n_real_eval", "n_fake_eval", "k", "kid_subsets
 #: watermark and artifact columns (inheritance and artifacts: on the unmarked samples S_t)
 WATERMARK_TABLE = declared(("generation", "wm_psnr", "wm_changed_fraction", "inherit_bit_acc",
                             "inherit_detect_rate", "inherit_log10p_median", "inherit_z_median",
-                            "inherit_scored_fraction", "radio_log10p", "artifact_energy", "artifact_energy_se",
-                            "artifact_energy_growth", "band_energy_ratio",
+                            "inherit_scored_fraction", "radio_log10p", "artifact_energy",
+                            "artifact_energy_se", "artifact_energy_growth", "band_energy_ratio",
                             "band_energy_ratio_growth"))
 #: filter columns (the filter runs on the pool before generation t is fitted; real_fraction and
 #: n_pool describe the pool after it)
@@ -66,8 +66,8 @@ WATERMARK_SETTINGS = declared(("wm_method", "wm_bits", "wm_alpha", "wm_text_sett
 KEY_TABLE = declared(("generation", "real_fraction", "precision", "recall", "density", "coverage",
                       "fid", "inherit_bit_acc", "inherit_detect_rate", "artifact_energy",
                       "artifact_energy_growth", "filter_tpr", "filter_real_drop_rate"))
-#: the table printed after a run: at most 12 of these exist in any run (vector or image data,
-#: with or without watermark and filter stages)
+#: the table printed after a run: at most 12 of these exist in a run on vector or image data
+#: (with or without watermark and filter stages), 14 in a text run with a watermark filter
 CONSOLE_TABLE = declared(("generation", "n_pool", "real_fraction", "precision", "recall",
                           "coverage", "fid", "ppl_real", "ppl_ref", "distinct_2", "tail_mass",
                           "spread_ratio", "w2_to_true", "logdet_cov",
